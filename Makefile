@@ -1,0 +1,24 @@
+# The two commands of the README:
+#   make serve   build and run the host on its embedded default (first-party plugins, bundled models)
+#   make test    run every test
+# Both install what they need first (wasm target, Python model tooling, the embedding model).
+
+PYTHON ?= python3
+# ONNX Runtime for the optional backend and its tests: the library inside the PyPI wheel.
+ORT_DYLIB_PATH ?= $(shell $(PYTHON) -c 'import onnxruntime, glob, os; print((glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")) or [""])[0])' 2>/dev/null)
+export ORT_DYLIB_PATH
+
+.PHONY: serve test setup models
+
+serve: setup
+	cargo run --release -p infergate -- serve
+
+test: setup
+	cargo test --release --workspace
+
+setup: models
+	rustup target add wasm32-wasip2
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt
+
+models:
+	models/fetch.sh

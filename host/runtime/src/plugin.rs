@@ -1,0 +1,333 @@
+//! A loaded plugin, and one call of it.
+//!
+//! Loading compiles the component (or takes it from the cache) off the async runtime, links it
+//! into an `InstancePre`, reads and validates its manifest in a throw-away store, and checks the
+//! operator granted every model it wants. A call gets a fresh store with the plugin's limits,
+//! hands the request to `wasi:http/incoming-handler`, and collects the response within the
+//! plugin's wall-clock and size limits. Every way a plugin can fail maps to one [`InvokeError`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use infergate_nn::Models;
+use tokio::sync::Semaphore;
+use wasmtime::Store;
+use wasmtime_wasi_http::WasiHttpView;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+
+use crate::bindings::{Plugin as PluginWorld, PluginPre};
+use crate::engine::{CacheOutcome, Runtime};
+use crate::limits::{Limits, configure_store};
+use crate::manifest::Manifest;
+use crate::nn_host::NnState;
+use crate::state::{HostAbort, PluginState, RequestContext, Usage};
+
+/// What the operator declared about one plugin.
+#[derive(Clone, Debug)]
+pub struct PluginSpec {
+    /// Bytes of the component.
+    pub wasm: Arc<[u8]>,
+    pub limits: Limits,
+    /// Models the plugin may open; must include every model its manifest lists.
+    pub models: Vec<String>,
+}
+
+/// A plugin ready to serve: immutable, shared by all its requests.
+pub struct Plugin {
+    pub manifest: Manifest,
+    pub limits: Limits,
+    /// sha256 of the component bytes.
+    pub digest: String,
+    /// Whether the compiled code came from the cache.
+    pub cache: CacheOutcome,
+    pre: PluginPre<PluginState>,
+    nn: NnState,
+    name: Arc<str>,
+    permits: Arc<Semaphore>,
+}
+
+/// One request, as the plugin will see it.
+pub struct PluginRequest {
+    pub method: Method,
+    /// Path relative to the plugin's mount point, with the query string.
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub context: RequestContext,
+}
+
+/// A finished plugin response, body fully read.
+#[derive(Debug)]
+pub struct PluginResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub usage: Usage,
+}
+
+/// Every way a plugin call can fail; the server maps each to one error code.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("the plugin did not finish within {0:?}")]
+    WallTimeout(Duration),
+    #[error("the plugin used more CPU time than its limit")]
+    CpuTimeout,
+    #[error("the plugin ran out of memory (limit {0} bytes)")]
+    OutOfMemory(usize),
+    #[error("the plugin crashed: {0}")]
+    Trap(String),
+    #[error("model `{model}` is busy: its queue is full")]
+    QueueFull { model: String, retry_after: Duration },
+    #[error("model `{model}` did not answer within {after:?}")]
+    InferenceTimeout { model: String, after: Duration },
+    #[error("the plugin's response is larger than its limit of {0} bytes")]
+    ResponseTooLarge(usize),
+    #[error("the plugin did not produce a response")]
+    NoResponse,
+    #[error("the plugin reported an HTTP error: {0}")]
+    PluginError(String),
+}
+
+impl Runtime {
+    /// Loads and validates a plugin; the error says what is wrong with it.
+    pub async fn load_plugin(
+        self: &Arc<Self>,
+        spec: PluginSpec,
+        models: &Models,
+    ) -> anyhow::Result<Plugin> {
+        spec.limits.validate().map_err(anyhow::Error::msg)?;
+        let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spec.wasm));
+        let runtime = self.clone();
+        let wasm = spec.wasm.clone();
+        let (component, cache) = tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("the component does not fit the infergate world: {e:#}"))?;
+        let pre = PluginPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("the component does not export the plugin world: {e:#}"))?;
+
+        let mut granted = HashMap::new();
+        for name in &spec.models {
+            let model = models
+                .get(name)
+                .ok_or_else(|| anyhow::anyhow!("granted model `{name}` is not declared"))?;
+            granted.insert(name.clone(), model);
+        }
+        let nn = NnState::new(granted);
+
+        let manifest = read_manifest(&pre, &spec.limits, nn.clone()).await?;
+        for wanted in &manifest.models {
+            if !spec.models.contains(wanted) {
+                anyhow::bail!(
+                    "the plugin wants model `{wanted}`, which its configuration does not grant"
+                );
+            }
+        }
+        Ok(Plugin {
+            name: manifest.name.as_str().into(),
+            permits: Arc::new(Semaphore::new(spec.limits.max_concurrency)),
+            manifest,
+            limits: spec.limits,
+            digest,
+            cache,
+            pre,
+            nn,
+        })
+    }
+}
+
+async fn read_manifest(
+    pre: &PluginPre<PluginState>,
+    limits: &Limits,
+    nn: NnState,
+) -> anyhow::Result<Manifest> {
+    let state = PluginState::new("(loading)".into(), limits, nn, Arc::default());
+    let mut store = Store::new(pre.engine(), state);
+    configure_store(&mut store, limits);
+    let call = async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance
+            .infergate_plugin_manifest()
+            .call_manifest(&mut store)
+            .await
+    };
+    let wit = tokio::time::timeout(limits.wall_time(), call)
+        .await
+        .map_err(|_| anyhow::anyhow!("reading the manifest took longer than {:?}", limits.wall_time()))?
+        .map_err(|e| anyhow::anyhow!("reading the manifest failed: {e:#}"))?;
+    Manifest::from_wit(wit).map_err(|e| anyhow::anyhow!("invalid manifest: {e}"))
+}
+
+/// What the guest task hands back when it ends.
+struct Outcome {
+    result: wasmtime::Result<()>,
+    usage: Usage,
+    memory_exceeded: bool,
+}
+
+impl Plugin {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Serves one request in a fresh instance, within the plugin's limits.
+    pub async fn handle(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
+        let wall = self.limits.wall_time();
+        tokio::time::timeout(wall, self.handle_inner(request))
+            .await
+            .unwrap_or(Err(InvokeError::WallTimeout(wall)))
+    }
+
+    async fn handle_inner(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| InvokeError::NoResponse)?;
+        let started = Instant::now();
+        let state = PluginState::new(
+            self.name.clone(),
+            &self.limits,
+            self.nn.clone(),
+            Arc::new(request.context),
+        );
+        let mut store = Store::new(self.pre.engine(), state);
+        configure_store(&mut store, &self.limits);
+
+        let mut builder = http::Request::builder()
+            .method(request.method)
+            .uri(format!("http://localhost{}", request.path_and_query));
+        if let Some(headers) = builder.headers_mut() {
+            *headers = request.headers;
+        }
+        let body = Full::new(request.body).map_err(|never| -> ErrorCode { match never {} });
+        let hyper_request = builder
+            .body(body)
+            .map_err(|e| InvokeError::Trap(format!("building the request: {e}")))?;
+        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let setup = |e: wasmtime::Error| InvokeError::Trap(format!("preparing the request: {e}"));
+        let req = store
+            .data_mut()
+            .http()
+            .new_incoming_request(Scheme::Http, hyper_request)
+            .map_err(setup)?;
+        let out = store.data_mut().http().new_response_outparam(sender).map_err(setup)?;
+
+        let pre = self.pre.clone();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let instance: PluginWorld = pre.instantiate_async(&mut store).await?;
+                instance
+                    .wasi_http_incoming_handler()
+                    .call_handle(&mut store, req, out)
+                    .await
+            }
+            .await;
+            let state = store.into_data();
+            Outcome {
+                result,
+                usage: state.usage,
+                memory_exceeded: state.limiter.memory_exceeded,
+            }
+        });
+        let mut task = AbortOnDrop(task);
+
+        let response = match receiver.await {
+            Ok(Ok(response)) => Some(response),
+            Ok(Err(code)) => return Err(self.finish_error(&mut task, Some(format!("{code:?}"))).await),
+            Err(_) => None,
+        };
+        let Some(response) = response else {
+            return Err(self.finish_error(&mut task, None).await);
+        };
+        let (parts, mut body) = response.into_parts();
+        let limit = self.limits.max_response_bytes;
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(frame) => {
+                    if let Ok(data) = frame.into_data() {
+                        if buf.len() + data.len() > limit {
+                            return Err(InvokeError::ResponseTooLarge(limit));
+                        }
+                        buf.extend_from_slice(&data);
+                    }
+                }
+                Err(e) => return Err(self.finish_error(&mut task, Some(format!("{e:?}"))).await),
+            }
+        }
+        let outcome = task.join().await;
+        if let Err(e) = outcome.result {
+            return Err(self.classify(e, outcome.memory_exceeded));
+        }
+        tracing::debug!(plugin = %self.name, elapsed_us = started.elapsed().as_micros() as u64, "plugin call finished");
+        Ok(PluginResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: buf.freeze(),
+            usage: outcome.usage,
+        })
+    }
+
+    /// The guest ended without a usable response: find out why from its task.
+    async fn finish_error(&self, task: &mut AbortOnDrop, problem: Option<String>) -> InvokeError {
+        let outcome = task.join().await;
+        match (outcome.result, problem) {
+            (Err(e), _) => self.classify(e, outcome.memory_exceeded),
+            (Ok(()), Some(problem)) => InvokeError::PluginError(problem),
+            (Ok(()), None) => InvokeError::NoResponse,
+        }
+    }
+
+    fn classify(&self, error: wasmtime::Error, memory_exceeded: bool) -> InvokeError {
+        if let Some(abort) = error.downcast_ref::<HostAbort>() {
+            return match abort {
+                HostAbort::CpuTimeExceeded => InvokeError::CpuTimeout,
+                HostAbort::QueueFull { model, retry_after } => InvokeError::QueueFull {
+                    model: model.clone(),
+                    retry_after: *retry_after,
+                },
+                HostAbort::InferenceTimeout { model, after } => InvokeError::InferenceTimeout {
+                    model: model.clone(),
+                    after: *after,
+                },
+            };
+        }
+        if memory_exceeded {
+            return InvokeError::OutOfMemory(self.limits.memory_bytes);
+        }
+        let message = match error.downcast_ref::<wasmtime::Trap>() {
+            Some(trap) => trap.to_string(),
+            None => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
+        };
+        tracing::warn!(plugin = %self.name, "plugin trapped: {error:?}");
+        InvokeError::Trap(message)
+    }
+}
+
+/// The guest's task; aborted (and its store dropped) if the call is abandoned.
+struct AbortOnDrop(tokio::task::JoinHandle<Outcome>);
+
+impl AbortOnDrop {
+    async fn join(&mut self) -> Outcome {
+        match (&mut self.0).await {
+            Ok(outcome) => outcome,
+            Err(e) => Outcome {
+                result: Err(wasmtime::Error::msg(format!("plugin task failed: {e}"))),
+                usage: Usage::default(),
+                memory_exceeded: false,
+            },
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,139 @@
+//! What each store holds: one [`PluginState`] per request, dropped with the store.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::limits::{Limiter, Limits};
+use crate::nn_host::NnState;
+
+/// Who is calling, as established by the server before the plugin runs.
+#[derive(Clone, Debug, Default)]
+pub struct RequestContext {
+    pub request_id: String,
+    pub tenant: String,
+    pub key_id: Option<String>,
+    pub scopes: Vec<String>,
+    /// Selected token claims as (name, JSON value).
+    pub claims: Vec<(String, String)>,
+    /// The route template that matched, as declared in the manifest.
+    pub route: String,
+    /// Path parameters of the matched route.
+    pub params: Vec<(String, String)>,
+}
+
+/// Usage a plugin reported during one request, plus what the host measured.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Inference time the host measured around `compute`, in seconds.
+    pub compute_seconds: f64,
+}
+
+/// Why the host stopped a plugin call on purpose. Raised as a trap from host code or from the
+/// epoch callback, and recognised again by [`crate::plugin`] to pick the error answered.
+#[derive(Debug, thiserror::Error)]
+pub enum HostAbort {
+    #[error("the plugin used more CPU time than its limit")]
+    CpuTimeExceeded,
+    #[error("model `{model}` has a full queue")]
+    QueueFull {
+        model: String,
+        retry_after: std::time::Duration,
+    },
+    #[error("model `{model}` did not answer within {after:?}")]
+    InferenceTimeout {
+        model: String,
+        after: std::time::Duration,
+    },
+}
+
+/// Per-store state. Every field exists for one interface or limit.
+pub struct PluginState {
+    /// WASI p2 context: no preopens, no environment, no sockets, stdio discarded.
+    pub wasi: WasiCtx,
+    /// wasi:http context (field size limits).
+    pub http: WasiHttpCtx,
+    /// Resources of every interface (wasi, http, nn) live here.
+    pub table: ResourceTable,
+    /// Memory/table/instance caps, applied by [`crate::limits::configure_store`].
+    pub limiter: Limiter,
+    /// Epoch ticks of guest execution so far, checked against the CPU budget.
+    pub cpu_ticks: u64,
+    /// Models granted to this plugin, and its open graphs.
+    pub nn: NnState,
+    /// The request being served, for `infergate:plugin/host.context`.
+    pub request: Arc<RequestContext>,
+    /// Plugin name, for log lines.
+    pub plugin: Arc<str>,
+    /// Usage reported by the plugin and measured by the host.
+    pub usage: Usage,
+    /// Deny-all hooks for outgoing HTTP.
+    pub http_hooks: DenyOutbound,
+}
+
+impl PluginState {
+    pub fn new(plugin: Arc<str>, limits: &Limits, nn: NnState, request: Arc<RequestContext>) -> Self {
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            limiter: Limiter::new(limits),
+            cpu_ticks: 0,
+            nn,
+            request,
+            plugin,
+            usage: Usage::default(),
+            http_hooks: DenyOutbound,
+        }
+    }
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// Outgoing HTTP is denied: plugins get no network unless an operator allow-lists hosts
+/// (not yet offered).
+pub struct DenyOutbound;
+
+impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
+    fn send_request(
+        &mut self,
+        _request: http::Request<wasmtime_wasi_http::WasiBody>,
+        _options: Option<wasmtime_wasi_http::RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+    ) -> Box<
+        dyn Future<
+                Output = wasmtime_wasi_http::Result<(
+                    http::Response<wasmtime_wasi_http::WasiBody>,
+                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
+                )>,
+            > + Send,
+    > {
+        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}

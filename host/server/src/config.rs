@@ -1,0 +1,304 @@
+//! The operator's configuration: typed, defaulted, validated before a socket is bound.
+//!
+//! A config file is TOML; unknown keys are errors, and every error names the file and the key.
+//! Relative paths are resolved against the config file's directory. With no file, the host
+//! serves [`EMBEDDED_DEFAULT`]: the first-party plugins (compiled into the binary) and the
+//! bundled models, on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use infergate_nn::{BackendKind, ModelSpec, Target};
+use infergate_runtime::Limits;
+use infergate_runtime::manifest::valid_plugin_name;
+use serde::Deserialize;
+
+/// The configuration served when `infergate serve` is given no `--config`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Where compiled plugins are cached; defaults to the user's cache directory.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Plugin instances that may exist at once, across all plugins.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub onnxruntime: OrtConfig,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// API keys declared in the config. `INFERGATE_API_KEY` adds one for tenant `default`.
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// A name for the key, shown to plugins as `key-id` and in logs (never the secret).
+    pub id: String,
+    /// The secret a client presents.
+    pub key: String,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrtConfig {
+    /// Path to `libonnxruntime.so`; else `ORT_DYLIB_PATH`.
+    pub library: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: String,
+    pub path: PathBuf,
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    #[serde(default = "default_target")]
+    pub target: Target,
+    /// Inferences of this model that run at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Requests that may wait for a free slot; one more gets `queue_full`.
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    /// Longest an inference may take, queue wait included, in milliseconds.
+    #[serde(default = "default_model_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The plugin's name; it is mounted at `/{name}` unless `mount` says otherwise.
+    pub name: String,
+    /// A `.wasm` component file...
+    pub path: Option<PathBuf>,
+    /// ...or the name of a first-party plugin compiled into this binary.
+    pub builtin: Option<String>,
+    /// Path prefix the plugin's routes are mounted under (`/` for root).
+    pub mount: Option<String>,
+    /// Models the plugin may open with `load-by-name`.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_instances() -> u32 {
+    1000
+}
+fn default_tenant() -> String {
+    "default".into()
+}
+fn default_backend() -> BackendKind {
+    BackendKind::Tract
+}
+fn default_target() -> Target {
+    Target::Cpu
+}
+fn default_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+fn default_queue_depth() -> usize {
+    64
+}
+fn default_model_timeout_ms() -> u64 {
+    30_000
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).with_context(|| format!("in config file {}", path.display()))
+    }
+
+    /// The embedded default; its relative paths are resolved against `home`.
+    pub fn embedded(home: &Path) -> anyhow::Result<Self> {
+        Self::parse(EMBEDDED_DEFAULT, home).context("in the embedded default config")
+    }
+
+    pub fn parse(text: &str, base: &Path) -> anyhow::Result<Self> {
+        let mut config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        self.models.iter_mut().for_each(|m| resolve(&mut m.path));
+        self.plugins
+            .iter_mut()
+            .filter_map(|p| p.path.as_mut())
+            .for_each(resolve);
+        if let Some(p) = self.cache_dir.as_mut() {
+            resolve(p)
+        }
+        if let Some(p) = self.onnxruntime.library.as_mut() {
+            resolve(p)
+        }
+    }
+
+    /// Checks everything that can be checked without loading anything.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = format!("models[{i}] (`{}`)", m.name);
+            anyhow::ensure!(!m.name.is_empty(), "{at}: name must not be empty");
+            anyhow::ensure!(names.insert(&m.name), "{at}: name is declared twice");
+            anyhow::ensure!(m.concurrency > 0, "{at}: concurrency must be at least 1");
+            anyhow::ensure!(m.timeout_ms > 0, "{at}: timeout_ms must be greater than 0");
+            anyhow::ensure!(m.path.is_file(), "{at}: path: no model file at {}", m.path.display());
+        }
+        let mut plugin_names = HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            let at = format!("plugins[{i}] (`{}`)", p.name);
+            anyhow::ensure!(
+                valid_plugin_name(&p.name),
+                "{at}: name must be 1-64 characters of a-z, 0-9, `-` or `_`"
+            );
+            anyhow::ensure!(plugin_names.insert(&p.name), "{at}: name is declared twice");
+            match (&p.path, &p.builtin) {
+                (Some(path), None) => anyhow::ensure!(
+                    path.is_file(),
+                    "{at}: path: no component file at {}",
+                    path.display()
+                ),
+                (None, Some(b)) => anyhow::ensure!(
+                    crate::builtin::wasm(b).is_some(),
+                    "{at}: builtin: no first-party plugin named `{b}` (have: {})",
+                    crate::builtin::NAMES.join(", ")
+                ),
+                _ => anyhow::bail!("{at}: give exactly one of `path` or `builtin`"),
+            }
+            if let Some(mount) = &p.mount {
+                anyhow::ensure!(
+                    mount.starts_with('/') && !mount.contains(['{', '}', '?', '#']),
+                    "{at}: mount must be a plain path starting with `/`"
+                );
+            }
+            for model in &p.models {
+                anyhow::ensure!(
+                    names.contains(model),
+                    "{at}: models: `{model}` is not declared in [[models]]"
+                );
+            }
+            p.limits
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
+        }
+        for (i, k) in self.auth.api_keys.iter().enumerate() {
+            anyhow::ensure!(
+                k.key.len() >= 16,
+                "auth.api_keys[{i}] (`{}`): key must be at least 16 characters",
+                k.id
+            );
+        }
+        Ok(())
+    }
+
+    pub fn model_specs(&self) -> Vec<ModelSpec> {
+        self.models
+            .iter()
+            .map(|m| ModelSpec {
+                name: m.name.clone(),
+                path: m.path.clone(),
+                backend: m.backend,
+                target: m.target,
+                concurrency: m.concurrency,
+                queue_depth: m.queue_depth,
+                timeout: Duration::from_millis(m.timeout_ms),
+            })
+            .collect()
+    }
+}
+
+impl PluginConfig {
+    /// The path prefix the plugin's routes live under, without a trailing slash ("" for root).
+    pub fn mount(&self) -> String {
+        let mount = self.mount.clone().unwrap_or_else(|| format!("/{}", self.name));
+        mount.trim_end_matches('/').to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse(text, Path::new("/nonexistent"))
+    }
+
+    #[test]
+    fn empty_config_has_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.listen, default_listen());
+        assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = format!("{:#}", parse("listen = \"127.0.0.1:1\"\nlisten_port = 3").unwrap_err());
+        assert!(err.contains("listen_port"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\nmemory = 1").unwrap_err()
+        );
+        assert!(err.contains("memory"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let err = format!("{:#}", parse("[[plugins]]\nname = \"Bad Name\"\nbuiltin = \"hello\"").unwrap_err());
+        assert!(err.contains("plugins[0]") && err.contains("name"), "{err}");
+        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"nope\"").unwrap_err());
+        assert!(err.contains("builtin"), "{err}");
+        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\nmodels = [\"m\"]").unwrap_err());
+        assert!(err.contains("`m` is not declared"), "{err}");
+        let err = format!("{:#}", parse("[[models]]\nname = \"m\"\npath = \"x.onnx\"").unwrap_err());
+        assert!(err.contains("models[0]") && err.contains("no model file"), "{err}");
+        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\ncpu_ms = 0").unwrap_err());
+        assert!(err.contains("cpu_ms"), "{err}");
+    }
+
+    #[test]
+    fn mounts() {
+        let mut c = parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"").unwrap();
+        assert_eq!(c.plugins[0].mount(), "/a");
+        c.plugins[0].mount = Some("/".into());
+        assert_eq!(c.plugins[0].mount(), "");
+    }
+}

@@ -1,0 +1,132 @@
+//! The one error type of the HTTP surface, and the one JSON shape every error has:
+//! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
+//!
+//! The request id comes from a task-local set by [`crate::http::request_id`], so any handler can
+//! return an [`ApiError`] without threading the id through. Responses that leave the app as
+//! errors without this shape (from axum itself, or a plugin) are rewritten by the same middleware.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use infergate_runtime::InvokeError;
+
+tokio::task_local! {
+    /// The id of the request being served.
+    pub static REQUEST_ID: String;
+}
+
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(Clone::clone).unwrap_or_default()
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<Duration>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after);
+        self
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+    }
+    pub fn unprocessable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+    }
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is larger than this route's limit of {limit} bytes"),
+        )
+    }
+    pub fn not_ready() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the host is still loading its plugins and models",
+        )
+        .retry_after(Duration::from_secs(1))
+    }
+
+    /// The JSON body, with the current request's id.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "request_id": current_request_id(),
+            }
+        })
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(after) = self.retry_after {
+            let secs = after.as_secs_f64().ceil().max(1.0) as u64;
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let message = e.to_string();
+        match e {
+            InvokeError::WallTimeout(_) | InvokeError::CpuTimeout => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "plugin_timeout", message)
+            }
+            InvokeError::OutOfMemory(_) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "plugin_out_of_memory",
+                message,
+            ),
+            InvokeError::Trap(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_trap", message)
+            }
+            InvokeError::QueueFull { retry_after, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message)
+                    .retry_after(retry_after)
+            }
+            InvokeError::InferenceTimeout { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "inference_timeout", message)
+            }
+            InvokeError::ResponseTooLarge(_) => Self::new(
+                StatusCode::BAD_GATEWAY,
+                "plugin_response_too_large",
+                message,
+            ),
+            InvokeError::NoResponse | InvokeError::PluginError(_) => {
+                Self::new(StatusCode::BAD_GATEWAY, "plugin_error", message)
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! The HTTP surface: [`app`] builds the router of built-in endpoints, sends everything else to
+//! [`dispatch`] (auth → route → body limit → validation → plugin), and wraps all of it in the
+//! request-id middleware that also guarantees the one JSON error shape.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use infergate_runtime::engine::CacheOutcome;
+use infergate_runtime::{PluginRequest, RequestContext};
+use serde_json::{Value, json};
+
+use crate::auth::KeyStore;
+use crate::error::{ApiError, REQUEST_ID, current_request_id};
+use crate::registry::Registry;
+use crate::router::Match;
+
+/// State shared by every request.
+pub struct AppState {
+    pub registry: Registry,
+    pub keys: KeyStore,
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(dispatch)
+        .with_state(state)
+        .layer(middleware::from_fn(request_id))
+}
+
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    match state.registry.snapshot() {
+        Some(snapshot) => {
+            let plugins: Vec<Value> = snapshot
+                .plugins
+                .iter()
+                .map(|m| {
+                    let compiled = match m.plugin.cache {
+                        CacheOutcome::Hit => "cache",
+                        CacheOutcome::Miss | CacheOutcome::Disabled => "compiled",
+                    };
+                    json!({"name": m.name, "version": m.plugin.manifest.version, "compiled": compiled})
+                })
+                .collect();
+            axum::Json(json!({"status": "ready", "plugins": plugins})).into_response()
+        }
+        None => ApiError::not_ready().into_response(),
+    }
+}
+
+/// Gives every request an id (the client's `X-Request-Id` if it is sane), echoes it on the
+/// response, and turns any error response that is not JSON into the standard error shape.
+async fn request_id(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 64
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+        .map(str::to_string)
+        .unwrap_or_else(new_request_id);
+    let mut response = REQUEST_ID
+        .scope(id.clone(), async move {
+            let response = next.run(request).await;
+            ensure_json_error(response)
+        })
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+fn new_request_id() -> String {
+    let mut bytes = [0u8; 12];
+    getrandom::fill(&mut bytes).expect("the OS random source failed");
+    hex::encode(bytes)
+}
+
+fn ensure_json_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        s if s.is_client_error() => "invalid_request",
+        _ => "internal_error",
+    };
+    let reason = status.canonical_reason().unwrap_or("error").to_string();
+    ApiError::new(status, code, reason).into_response()
+}
+
+/// Serves a plugin route.
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+    let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
+    let principal = state.keys.authenticate(request.headers())?;
+    let (parts, body) = request.into_parts();
+    let (target, params, relative_path) = match snapshot.router.find(&parts.method, parts.uri.path()) {
+        Match::Found { target, params, relative_path } => (target, params, relative_path),
+        Match::MethodNotAllowed(allowed) => {
+            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{} is not allowed here; use {}", parts.method, allowed.join(", ")),
+            ));
+        }
+        Match::NotFound => {
+            return Err(ApiError::not_found(format!("no route for {} {}", parts.method, parts.uri.path())));
+        }
+    };
+    let mounted = &snapshot.plugins[target.plugin];
+    let route = &mounted.plugin.manifest.routes[target.route];
+    let limits = &mounted.plugin.limits;
+
+    let body = read_body(&parts.headers, body, limits.max_request_bytes, limits.wall_time()).await?;
+    if let Some(validator) = &mounted.validators[target.route] {
+        let value: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .take(5)
+            .map(|e| {
+                let at = e.instance_path.to_string();
+                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "the request body does not match the schema: {}",
+                problems.join("; ")
+            )));
+        }
+    }
+
+    let mut headers = parts.headers;
+    for name in [header::AUTHORIZATION, header::HOST, header::CONNECTION, header::TRANSFER_ENCODING] {
+        headers.remove(name);
+    }
+    headers.remove("x-api-key");
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{relative_path}?{q}"),
+        None => relative_path,
+    };
+    let context = RequestContext {
+        request_id: current_request_id(),
+        tenant: principal.tenant,
+        key_id: Some(principal.key_id),
+        scopes: principal.scopes,
+        claims: Vec::new(),
+        route: route.path.raw.clone(),
+        params,
+    };
+    let response = mounted
+        .plugin
+        .handle(PluginRequest {
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+            context,
+        })
+        .await?;
+
+    let mut out = Response::builder().status(response.status);
+    if let Some(h) = out.headers_mut() {
+        for (name, value) in &response.headers {
+            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+                h.append(name, value.clone());
+            }
+        }
+    }
+    let body = if response.status.is_client_error() || response.status.is_server_error() {
+        if let Some(h) = out.headers_mut() {
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        }
+        normalise_plugin_error(response.status, &response.body)
+    } else {
+        response.body
+    };
+    out.body(Body::from(body))
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "plugin_error", format!("invalid plugin response: {e}")))
+}
+
+/// Reads a request body of at most `limit` bytes within `deadline`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time"))?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
+        Err(e) => Err(ApiError::bad_request(format!("reading the request body failed: {e}"))),
+    }
+}
+
+/// Gives a plugin's error response the standard shape and this request's id.
+fn normalise_plugin_error(status: StatusCode, body: &[u8]) -> Bytes {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let shaped = parsed.as_ref().and_then(|v| {
+        let e = v.get("error")?;
+        Some((e.get("code")?.as_str()?.to_string(), e.get("message")?.as_str()?.to_string()))
+    });
+    let (code, message) = shaped.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.chars().take(512).collect();
+        let message = if text.trim().is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        };
+        ("plugin_error".to_string(), message)
+    });
+    let value = json!({"error": {"code": code, "message": message, "request_id": current_request_id()}});
+    Bytes::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_errors_get_the_standard_shape() {
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"model_not_found","message":"no model","request_id":"x"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(StatusCode::BAD_REQUEST, b"oops")).unwrap();
+        assert_eq!(v["error"]["code"], "plugin_error");
+        assert_eq!(v["error"]["message"], "oops");
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(StatusCode::INTERNAL_SERVER_ERROR, b"")).unwrap();
+        assert_eq!(v["error"]["message"], "Internal Server Error");
+    }
+}

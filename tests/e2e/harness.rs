@@ -1,0 +1,220 @@
+//! Starts the real `infergate` binary on a free loopback port and talks to it over HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const API_KEY: &str = "test-key-0123456789abcdef";
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Directory of the plugins built by the host's build script.
+pub fn wasm(name: &str) -> String {
+    format!("{}/{name}.wasm", env!("INFERGATE_WASM_DIR"))
+}
+
+pub fn model(path: &str) -> String {
+    root().join("models").join(path).display().to_string()
+}
+
+/// A running host; killed when dropped.
+pub struct Host {
+    pub base: String,
+    child: std::sync::Mutex<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Host {
+    /// Starts a host with `config` (TOML, without `listen`) and waits until it is ready.
+    pub fn start(config: &str) -> Host {
+        Self::start_with_cache(config, &root().join("target/e2e-cache"))
+    }
+
+    /// Like [`Host::start`], with its own compiled-component cache directory.
+    pub fn start_with_cache(config: &str, cache: &Path) -> Host {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("infergate.toml");
+        let config = format!("cache_dir = \"{}\"\n{config}", cache.display());
+        std::fs::write(&path, config).expect("writing config");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&path)
+            .env("INFERGATE_API_KEY", API_KEY)
+            .env("INFERGATE_LOG", "info,infergate_runtime=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting infergate");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("infergate exited before listening")
+                .expect("reading stdout");
+            if let Some(addr) = line.strip_prefix("infergate listening on ") {
+                break addr.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let host = Host { base, child: std::sync::Mutex::new(child), _dir: dir };
+        host.wait_ready(Duration::from_secs(120));
+        host
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().expect("try_wait") {
+                panic!("infergate exited while loading: {status}");
+            }
+            if raw_get(&self.base, "/readyz").is_some_and(|s| s == 200) {
+                return;
+            }
+            assert!(started.elapsed() < timeout, "infergate not ready after {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// True while the host process runs.
+    pub fn alive(&self) -> bool {
+        self.child.lock().unwrap().try_wait().expect("try_wait").is_none()
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Ok(child) = self.child.get_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A minimal blocking GET returning the status code (used before any async runtime exists).
+fn raw_get(base: &str, path: &str) -> Option<u16> {
+    let addr = base.strip_prefix("http://")?;
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The host most tests share: every fixture and first-party plugin, started once. It lives in
+/// a process-wide static and is killed when the test binary exits (parent-death signal).
+pub fn shared() -> &'static Host {
+    static HOST: OnceLock<Host> = OnceLock::new();
+    HOST.get_or_init(|| {
+        let host = Host::start(&standard_config(""));
+        // A static is never dropped: make sure the child dies with the test process.
+        kill_with_parent(host.child.lock().unwrap().id());
+        host
+    })
+}
+
+/// Kills `pid` when this test process exits, through a tiny watchdog process.
+fn kill_with_parent(pid: u32) {
+    let me = std::process::id();
+    let _ = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 0.5; done; kill -9 {pid} 2>/dev/null"
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+}
+
+/// Models and plugins of the standard test host; `extra` is appended.
+pub fn standard_config(extra: &str) -> String {
+    format!(
+        r#"
+[[models]]
+name = "digits"
+path = "{digits}"
+concurrency = 2
+
+[[models]]
+name = "all-minilm-l6-v2"
+path = "{minilm}"
+concurrency = 2
+
+[[plugins]]
+name = "digits"
+path = "{digits_wasm}"
+models = ["digits"]
+
+[[plugins]]
+name = "embed"
+path = "{embed_wasm}"
+models = ["all-minilm-l6-v2"]
+
+[[plugins]]
+name = "hello"
+path = "{hello_wasm}"
+
+[[plugins]]
+name = "hostile"
+path = "{hostile_wasm}"
+models = ["digits"]
+[plugins.limits]
+memory_bytes = 33554432
+cpu_ms = 500
+wall_ms = 3000
+max_request_bytes = 4096
+max_response_bytes = 1048576
+{extra}
+"#,
+        digits = model("digits/digits.onnx"),
+        minilm = model("minilm/model.onnx"),
+        digits_wasm = wasm("digits"),
+        embed_wasm = wasm("embed"),
+        hello_wasm = wasm("hello"),
+        hostile_wasm = wasm("hostile"),
+    )
+}
+
+/// An HTTP client with the test API key.
+pub fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {API_KEY}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+/// Asserts `response` is the standard JSON error with `status` and `code`; returns the body.
+pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    let got = response.status().as_u16();
+    let request_id = response
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .expect("every response has x-request-id");
+    let text = response.text().await.unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
+    assert_eq!(got, status, "status for {body}");
+    assert_eq!(body["error"]["code"], code, "code in {body}");
+    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message in {body}");
+    assert_eq!(body["error"]["request_id"], request_id.as_str(), "request_id in {body}");
+    body
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: the real `infergate` binary, real plugins compiled from `plugins/` by the
+//! build script, real models, real HTTP over loopback.
+
+mod harness;
+
+mod http_basics;
+mod models;
+mod sandbox;
+mod scheduling;

@@ -1,0 +1,141 @@
+//! Hostile plugins: each misbehaviour gets its error code, and never hurts the host or the
+//! requests of another plugin running at the same time.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::harness::{client, expect_error, shared};
+
+async fn digits_ok(c: &reqwest::Client, base: &str) -> Duration {
+    let started = Instant::now();
+    let r = c.post(format!("{base}/digits/classify")).json(&json!({"pixels": vec![3; 64]})).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a good request to another plugin must succeed");
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn infinite_loop_hits_the_cpu_limit_without_blocking_others() {
+    let host = shared();
+    let c = client();
+    let spin = tokio::spawn({
+        let (c, url) = (c.clone(), host.url("/hostile/spin"));
+        async move { c.post(url).json(&json!({})).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for _ in 0..5 {
+        digits_ok(&c, &host.base).await;
+    }
+    let e = expect_error(spin.await.unwrap(), 504, "plugin_timeout").await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("CPU"), "{e}");
+}
+
+#[tokio::test]
+async fn sleeping_past_the_wall_clock_limit_times_out() {
+    let host = shared();
+    let c = client();
+    let started = Instant::now();
+    let r = c.get(host.url("/hostile/sleep?ms=20000")).send().await.unwrap();
+    expect_error(r, 504, "plugin_timeout").await;
+    assert!(started.elapsed() < Duration::from_secs(15), "the 3 s wall limit applies");
+    let r = c.get(host.url("/hostile/sleep?ms=10")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn memory_bomb_is_contained() {
+    let host = shared();
+    let c = client();
+    for _ in 0..3 {
+        let bomb = c.post(host.url("/hostile/grow")).json(&json!({})).send();
+        let (r, _) = tokio::join!(bomb, digits_ok(&c, &host.base));
+        expect_error(r.unwrap(), 500, "plugin_out_of_memory").await;
+    }
+}
+
+#[tokio::test]
+async fn panic_is_a_trap() {
+    let host = shared();
+    let r = client().post(host.url("/hostile/panic")).json(&json!({})).send().await.unwrap();
+    expect_error(r, 500, "plugin_trap").await;
+}
+
+#[tokio::test]
+async fn oversized_response_is_cut() {
+    let host = shared();
+    let c = client();
+    let r = c.get(host.url("/hostile/huge?mb=4")).send().await.unwrap();
+    expect_error(r, 502, "plugin_response_too_large").await;
+}
+
+#[tokio::test]
+async fn no_filesystem_environment_or_network() {
+    let host = shared();
+    let c = client();
+    let get = |path: String| {
+        let c = c.clone();
+        async move {
+            let r = c.get(path).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let file = get(host.url("/hostile/file")).await;
+    assert!(file["read"].is_null(), "{file}");
+    assert!(file["error"].is_string(), "{file}");
+    let env = get(host.url("/hostile/env")).await;
+    assert_eq!(env["vars"], json!([]), "{env}");
+
+    // A real listening socket on loopback that the plugin must not reach.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let socket = get(host.url(&format!("/hostile/socket?port={port}"))).await;
+    assert_eq!(socket["connected"], false, "{socket}");
+    let outbound = get(host.url(&format!("/hostile/http?port={port}"))).await;
+    assert_eq!(outbound["sent"], false, "{outbound}");
+    assert!(listener.accept().is_err(), "nothing may have connected");
+}
+
+#[tokio::test]
+async fn plugins_see_identity_not_credentials() {
+    let host = shared();
+    let r = client().get(host.url("/hostile/whoami")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ctx: Value = r.json().await.unwrap();
+    assert_eq!(ctx["tenant"], "default", "{ctx}");
+    assert_eq!(ctx["key_id"], "env", "{ctx}");
+    assert_eq!(ctx["route"], "/whoami", "{ctx}");
+    assert!(!ctx.to_string().contains(crate::harness::API_KEY), "the key never reaches a plugin");
+}
+
+#[tokio::test]
+async fn ungranted_model_is_not_found() {
+    let host = shared();
+    let c = client();
+    let r = c.post(host.url("/hostile/model")).json(&json!({"name": "all-minilm-l6-v2"})).send().await.unwrap();
+    expect_error(r, 404, "model_not_found").await;
+    let r = c.post(host.url("/hostile/model")).json(&json!({"name": "digits"})).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_host_survives_a_storm_of_bad_plugins() {
+    let host = shared();
+    let c = client();
+    let mut bad = Vec::new();
+    for path in ["spin", "grow", "panic", "spin", "grow", "panic"] {
+        let (c, url) = (c.clone(), host.url(&format!("/hostile/{path}")));
+        bad.push(tokio::spawn(async move { c.post(url).json(&json!({})).send().await.unwrap().status().as_u16() }));
+    }
+    for _ in 0..20 {
+        digits_ok(&c, &host.base).await;
+    }
+    for task in bad {
+        let status = task.await.unwrap();
+        assert!(status == 500 || status == 504, "bad plugin answered {status}");
+    }
+    let r = reqwest::get(host.url("/healthz")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(host.alive(), "the host never exits");
+}
