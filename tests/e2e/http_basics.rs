@@ -126,3 +126,18 @@ async fn a_restart_reuses_compiled_plugins() {
     let r = client().post(second.url("/hello/greet")).json(&json!({"name": "again"})).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn openapi_is_derived_from_manifests() {
+    let host = shared();
+    let doc: serde_json::Value = reqwest::get(host.url("/openapi.json")).await.unwrap().json().await.unwrap();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let classify = &doc["paths"]["/digits/classify"]["post"];
+    assert!(classify["summary"].as_str().is_some_and(|s| !s.is_empty()), "{classify}");
+    let schema = &classify["requestBody"]["content"]["application/json"]["schema"];
+    assert!(schema.to_string().contains("pixels"), "request schema from the plugin's types: {schema}");
+    assert!(doc["paths"]["/embed/embeddings"]["post"].is_object());
+    let page = reqwest::get(host.url("/docs")).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/openapi.json"));
+}

@@ -32,6 +32,8 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(openapi))
+        .route("/docs", get(|| async { axum::response::Html(crate::openapi::DOCS_PAGE) }))
         .fallback(dispatch)
         .with_state(state)
         .layer(middleware::from_fn(request_id))
@@ -59,6 +61,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         }
         None => ApiError::not_ready().into_response(),
     }
+}
+
+async fn openapi(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+    let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
+    Ok(axum::Json(crate::openapi::document(&snapshot)).into_response())
 }
 
 /// Gives every request an id (the client's `X-Request-Id` if it is sane), echoes it on the

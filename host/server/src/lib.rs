@@ -8,6 +8,7 @@
 //! - [`auth`]: who is calling (API keys for now).
 //! - [`router`]: the pure route table built from plugin manifests.
 //! - [`registry`]: loading plugins into an immutable snapshot, swapped atomically.
+//! - [`openapi`]: the OpenAPI document derived from manifests, and the `/docs` page.
 //! - [`builtin`]: first-party plugins compiled into the binary.
 //!
 //! The sandbox itself lives in `infergate-runtime`; models and their backends in `infergate-nn`.
@@ -18,6 +19,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod openapi;
 pub mod registry;
 pub mod router;
 
