@@ -1,0 +1,254 @@
+//! `embed`: OpenAI-compatible sentence embeddings (`POST /embeddings`) with a BERT-style
+//! sentence encoder, by default `all-minilm-l6-v2` (384 dimensions).
+//!
+//! Tokenization runs here, in the plugin ([`wordpiece`]; `build.rs` compiles `vocab.txt` into a
+//! sorted table); the host runs the transformer: inputs `input_ids`, `attention_mask`,
+//! `token_type_ids` (i64 [B, L]), output `last_hidden_state` (f32 [B, L, H]). The plugin mean-pools over the attention mask
+//! and L2-normalises, as sentence-transformers does for this model.
+
+use std::sync::OnceLock;
+
+use infergate_sdk::prelude::*;
+use wordpiece::Tokenizer;
+
+/// The model used when the request names none.
+const DEFAULT_MODEL: &str = "all-minilm-l6-v2";
+/// The most inputs in one request.
+const MAX_INPUTS: usize = 64;
+/// The longest input, in characters.
+const MAX_INPUT_CHARS: usize = 8192;
+/// The most tokens per input, `[CLS]` and `[SEP]` included; longer inputs are truncated.
+const MAX_TOKENS: usize = 256;
+
+// `static VOCAB: &[(&str, u32)]`: the vocabulary of `bert-base-uncased` (which all-MiniLM-L6-v2
+// uses), generated from `vocab.txt` by `build.rs`, sorted by token.
+include!(concat!(env!("OUT_DIR"), "/vocab.rs"));
+
+/// Built once per instance, on first use; it borrows the static table, so this is cheap.
+fn tokenizer() -> Result<&'static Tokenizer<'static>> {
+    static TOKENIZER: OnceLock<Result<Tokenizer<'static>, String>> = OnceLock::new();
+    TOKENIZER
+        .get_or_init(|| Tokenizer::from_sorted(VOCAB).map_err(|err| err.to_string()))
+        .as_ref()
+        .map_err(|err| Error::internal(err.clone()))
+}
+
+#[derive(Deserialize, JsonSchema)]
+struct EmbeddingsRequest {
+    /// One text or a list of 1 to 64 texts, each at most 8192 characters.
+    input: Input,
+    /// The model to use (default `all-minilm-l6-v2`); it must be granted to this plugin.
+    #[serde(default)]
+    model: Option<String>,
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(untagged)]
+enum Input {
+    One(#[schemars(length(max = 8192))] String),
+    Many(#[schemars(length(min = 1, max = 64), inner(length(max = 8192)))] Vec<String>),
+}
+
+#[derive(Serialize, JsonSchema)]
+struct EmbeddingsResponse {
+    /// Always `"list"`.
+    object: &'static str,
+    data: Vec<Embedding>,
+    model: String,
+    usage: Usage,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Embedding {
+    /// Always `"embedding"`.
+    object: &'static str,
+    /// The position of the input this embedding is for.
+    index: usize,
+    /// The unit-length embedding.
+    embedding: Vec<f32>,
+}
+
+#[derive(Serialize, JsonSchema)]
+struct Usage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
+fn embeddings(ctx: &Ctx, req: EmbeddingsRequest) -> Result<EmbeddingsResponse> {
+    let inputs = match req.input {
+        Input::One(text) => vec![text],
+        Input::Many(texts) => texts,
+    };
+    if inputs.is_empty() || inputs.len() > MAX_INPUTS {
+        return Err(Error::invalid_request(format!(
+            "input must hold 1 to {MAX_INPUTS} texts, got {}",
+            inputs.len()
+        )));
+    }
+    if let Some(i) = inputs
+        .iter()
+        .position(|t| t.chars().count() > MAX_INPUT_CHARS)
+    {
+        return Err(Error::invalid_request(format!(
+            "input[{i}] is longer than {MAX_INPUT_CHARS} characters"
+        )));
+    }
+    let model_name = req.model.unwrap_or_else(|| DEFAULT_MODEL.to_string());
+
+    let tokenizer = tokenizer()?;
+    let encoded: Vec<Vec<u32>> = inputs
+        .iter()
+        .map(|t| tokenizer.encode(t, MAX_TOKENS))
+        .collect();
+    let total_tokens: usize = encoded.iter().map(Vec::len).sum();
+    let batch = Batch::new(&encoded, tokenizer.pad_id());
+
+    let model = nn::Model::load(&model_name)?;
+    let dims = [batch.rows as u32, batch.len as u32];
+    let outputs = model.run(&[
+        ("input_ids", nn::Tensor::i64(&dims, &batch.input_ids)),
+        (
+            "attention_mask",
+            nn::Tensor::i64(&dims, &batch.attention_mask),
+        ),
+        (
+            "token_type_ids",
+            nn::Tensor::i64(&dims, &batch.token_type_ids),
+        ),
+    ])?;
+    let hidden = outputs.get("last_hidden_state")?;
+    let (rows, len, width) = match hidden.dims() {
+        [b, l, h] => (*b as usize, *l as usize, *h as usize),
+        other => {
+            return Err(Error::backend(format!(
+                "last_hidden_state has shape {other:?}, expected [batch, tokens, hidden]"
+            )))
+        }
+    };
+    let values = hidden.to_f32()?;
+    if rows != batch.rows || len != batch.len || width == 0 || values.len() != rows * len * width {
+        return Err(Error::backend(format!(
+            "last_hidden_state has shape {:?} ({} values), expected [{}, {}, hidden]",
+            hidden.dims(),
+            values.len(),
+            batch.rows,
+            batch.len
+        )));
+    }
+
+    let data = (0..rows)
+        .map(|row| Embedding {
+            object: "embedding",
+            index: row,
+            embedding: mean_pool_normalised(
+                &values[row * len * width..(row + 1) * len * width],
+                &batch.attention_mask[row * len..(row + 1) * len],
+                width,
+            ),
+        })
+        .collect();
+
+    ctx.report_usage(total_tokens as u64, 0);
+    Ok(EmbeddingsResponse {
+        object: "list",
+        data,
+        model: model_name,
+        usage: Usage {
+            prompt_tokens: total_tokens,
+            total_tokens,
+        },
+    })
+}
+
+/// Token ids padded into `rows x len` row-major matrices.
+struct Batch {
+    rows: usize,
+    len: usize,
+    input_ids: Vec<i64>,
+    attention_mask: Vec<i64>,
+    token_type_ids: Vec<i64>,
+}
+
+impl Batch {
+    fn new(encoded: &[Vec<u32>], pad: u32) -> Self {
+        let rows = encoded.len();
+        let len = encoded.iter().map(Vec::len).max().unwrap_or(0);
+        let mut input_ids = vec![i64::from(pad); rows * len];
+        let mut attention_mask = vec![0; rows * len];
+        for (row, ids) in encoded.iter().enumerate() {
+            for (col, id) in ids.iter().enumerate() {
+                input_ids[row * len + col] = i64::from(*id);
+                attention_mask[row * len + col] = 1;
+            }
+        }
+        Self {
+            rows,
+            len,
+            input_ids,
+            attention_mask,
+            token_type_ids: vec![0; rows * len],
+        }
+    }
+}
+
+/// The mean of the token vectors the mask keeps, scaled to unit length.
+fn mean_pool_normalised(hidden: &[f32], mask: &[i64], width: usize) -> Vec<f32> {
+    let mut sum = vec![0.0f32; width];
+    let mut count = 0.0f32;
+    for (token, &keep) in hidden.chunks_exact(width).zip(mask) {
+        if keep != 0 {
+            sum.iter_mut().zip(token).for_each(|(s, v)| *s += v);
+            count += 1.0;
+        }
+    }
+    let count = count.max(1e-9);
+    sum.iter_mut().for_each(|s| *s /= count);
+    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+    sum.iter_mut().for_each(|s| *s /= norm);
+    sum
+}
+
+plugin! {
+    name: "embed",
+    version: env!("CARGO_PKG_VERSION"),
+    description: "OpenAI-compatible sentence embeddings (all-MiniLM-L6-v2, 384 dimensions)",
+    models: [DEFAULT_MODEL],
+    routes: [
+        post("/embeddings", embeddings).summary("Embed one or more texts"),
+    ],
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_pads_to_the_longest_input() {
+        let batch = Batch::new(&[vec![101, 7, 102], vec![101, 102]], 0);
+        assert_eq!((batch.rows, batch.len), (2, 3));
+        assert_eq!(batch.input_ids, [101, 7, 102, 101, 102, 0]);
+        assert_eq!(batch.attention_mask, [1, 1, 1, 1, 1, 0]);
+        assert_eq!(batch.token_type_ids, [0; 6]);
+    }
+
+    #[test]
+    fn pooling_ignores_padding_and_normalises() {
+        // Two real tokens ([3, 0] and [0, 4] average to [1.5, 2]) and one padded token.
+        let pooled = mean_pool_normalised(&[3.0, 0.0, 0.0, 4.0, 100.0, 100.0], &[1, 1, 0], 2);
+        assert!(
+            (pooled[0] - 0.6).abs() < 1e-6 && (pooled[1] - 0.8).abs() < 1e-6,
+            "{pooled:?}"
+        );
+    }
+
+    #[test]
+    fn the_vocabulary_parses() {
+        let tokenizer = tokenizer().expect("vocab.txt is valid");
+        assert_eq!(tokenizer.pad_id(), 0);
+        assert_eq!(tokenizer.vocab_size(), 30522);
+        assert_eq!(
+            tokenizer.encode("Hello, world!", 256),
+            [101, 7592, 1010, 2088, 999, 102]
+        );
+    }
+}
