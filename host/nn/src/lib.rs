@@ -1,0 +1,337 @@
+//! infergate-nn: the models the host serves and the inference behind them.
+//!
+//! This crate owns model loading, the inference backends and the scheduling of inference. It
+//! knows nothing about HTTP or plugins: the wasi-nn host glue (in `infergate-runtime`) calls
+//! [`Model::compute`] for a guest and maps [`NnError`] onto wasi-nn errors and HTTP statuses.
+//!
+//! # Layout
+//! - [`Models`] / [`Model`] (this file): every configured model, loaded once at start-up and
+//!   shared; a model is a backend [`Graph`] plus its scheduler.
+//! - `schedule`: the per-model bounded queue, concurrency limit, timeout and statistics.
+//! - `backend`: the backends, each behind wasmtime-wasi-nn's public traits
+//!   (`BackendInner`/`BackendGraph`/`BackendExecutionContext`), one file each:
+//!   `backend/tract.rs` (pure Rust, always built) and `backend/ort.rs` (ONNX Runtime, loaded
+//!   at run time, cargo feature `onnxruntime`). `backend/mod.rs` holds what they share:
+//!   the check of every guest tensor before it reaches a backend.
+//!
+//! Guest input never panics the host: every input is validated (names, types, shapes, byte
+//! lengths) and every backend call runs under `catch_unwind`.
+
+mod backend;
+mod schedule;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+pub use wasmtime_wasi_nn::Tensor;
+use wasmtime_wasi_nn::backend::BackendError;
+pub use wasmtime_wasi_nn::backend::NamedTensor;
+pub use wasmtime_wasi_nn::wit::TensorType;
+use wasmtime_wasi_nn::{ExecutionContext, Graph};
+
+pub use backend::tract::TractBackend;
+pub use backend::{BackendInfo, list as backends};
+pub use schedule::ModelStats;
+
+/// Which inference engine runs a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// tract-onnx: pure Rust, CPU only, always compiled in.
+    Tract,
+    /// ONNX Runtime, loaded from a shared library at start-up (feature `onnxruntime`).
+    OnnxRuntime,
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Tract => "tract",
+            BackendKind::OnnxRuntime => "onnxruntime",
+        })
+    }
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Cpu,
+    Gpu,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Target::Cpu => "cpu",
+            Target::Gpu => "gpu",
+        })
+    }
+}
+
+/// One configured model.
+#[derive(Clone, Debug)]
+pub struct ModelSpec {
+    /// The name guests load it by.
+    pub name: String,
+    /// The ONNX file.
+    pub path: PathBuf,
+    pub backend: BackendKind,
+    pub target: Target,
+    /// At most this many computes run at once (>= 1).
+    pub concurrency: usize,
+    /// At most this many callers wait for a compute slot; one more is refused with `QueueFull`.
+    pub queue_depth: usize,
+    /// The longest a caller waits for a result, queueing included.
+    pub timeout: Duration,
+}
+
+/// Settings shared by all backends.
+#[derive(Clone, Debug, Default)]
+pub struct BackendOptions {
+    /// The ONNX Runtime shared library; when `None`, the `ORT_DYLIB_PATH` environment variable.
+    pub ort_dylib: Option<PathBuf>,
+    /// Threads one ONNX Runtime session may use inside an operator; when `None`, all cores for a
+    /// model with concurrency 1, otherwise cores / concurrency (at least 1).
+    pub ort_intra_threads: Option<usize>,
+}
+
+/// Why an inference did not produce outputs.
+#[derive(thiserror::Error, Debug, Clone, PartialEq)]
+pub enum NnError {
+    /// The model's queue is at its depth: answer 503 with `Retry-After`.
+    #[error("model `{model}` is busy: its queue is full (retry after {}s)", retry_after.as_secs())]
+    QueueFull {
+        model: String,
+        retry_after: Duration,
+    },
+    /// No result within the model's timeout, queueing included: answer 504.
+    #[error("model `{model}` gave no result within {after:?}")]
+    Timeout { model: String, after: Duration },
+    /// The guest's tensors do not fit the model (name, type, shape, byte length).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+    /// The backend failed.
+    #[error("backend error: {0}")]
+    Backend(String),
+}
+
+/// The outputs of one inference and where its time went.
+pub struct Computed {
+    pub outputs: Vec<NamedTensor>,
+    /// Time spent waiting for a compute slot.
+    pub queued: Duration,
+    /// Time the backend took.
+    pub compute: Duration,
+}
+
+impl fmt::Debug for Computed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let outputs: Vec<(&str, &Tensor)> = self
+            .outputs
+            .iter()
+            .map(|t| (t.name.as_str(), &t.tensor))
+            .collect();
+        f.debug_struct("Computed")
+            .field("outputs", &outputs)
+            .field("queued", &self.queued)
+            .field("compute", &self.compute)
+            .finish()
+    }
+}
+
+/// All models, loaded once; cheap to clone.
+#[derive(Clone, Default)]
+pub struct Models {
+    models: Arc<BTreeMap<String, Arc<Model>>>,
+}
+
+impl fmt::Debug for Models {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.models.values()).finish()
+    }
+}
+
+impl Models {
+    /// Loads every model (blocking: reads files, optimises graphs, starts ONNX Runtime).
+    /// Errors name the model and its file.
+    pub fn load(specs: &[ModelSpec], opts: &BackendOptions) -> anyhow::Result<Models> {
+        let mut models = BTreeMap::new();
+        for spec in specs {
+            let model = Model::load(spec.clone(), opts).with_context(|| {
+                format!(
+                    "loading model `{}` from {} with {} ({})",
+                    spec.name,
+                    spec.path.display(),
+                    spec.backend,
+                    spec.target
+                )
+            })?;
+            if models.insert(spec.name.clone(), Arc::new(model)).is_some() {
+                anyhow::bail!("model `{}` is configured twice", spec.name);
+            }
+        }
+        Ok(Models {
+            models: Arc::new(models),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.models.get(name).cloned()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.models.keys().map(String::as_str)
+    }
+
+    /// The backends this build has.
+    pub fn compiled_backends() -> Vec<BackendKind> {
+        backend::list().into_iter().map(|b| b.kind).collect()
+    }
+}
+
+/// One loaded model: the backend's graph plus its scheduler.
+pub struct Model {
+    spec: ModelSpec,
+    /// The backend's graph, shared by every context made from it.
+    graph: Graph,
+    /// e.g. "tract 0.23 (cpu)", "onnxruntime 1.32.0 (cuda)".
+    description: String,
+    scheduler: schedule::Scheduler,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model")
+            .field("spec", &self.spec)
+            .field("backend", &self.description)
+            .finish()
+    }
+}
+
+impl Model {
+    fn load(spec: ModelSpec, opts: &BackendOptions) -> anyhow::Result<Model> {
+        anyhow::ensure!(!spec.name.is_empty(), "the model name is empty");
+        anyhow::ensure!(spec.concurrency >= 1, "concurrency must be at least 1");
+        anyhow::ensure!(!spec.timeout.is_zero(), "timeout must be above zero");
+        anyhow::ensure!(
+            spec.path.is_file(),
+            "model file {} does not exist",
+            spec.path.display()
+        );
+        let started = Instant::now();
+        let loaded = catch_panic(|| backend::load(&spec, opts))
+            .map_err(|panic| anyhow::anyhow!("the backend panicked: {panic}"))??;
+        tracing::info!(
+            model = %spec.name,
+            backend = %loaded.description,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "nn.load"
+        );
+        Ok(Model {
+            scheduler: schedule::Scheduler::new(spec.concurrency, spec.queue_depth),
+            spec,
+            graph: loaded.graph,
+            description: loaded.description,
+        })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+
+    /// Which backend runs the model and where, e.g. "tract 0.23 (cpu)".
+    pub fn backend_description(&self) -> String {
+        self.description.clone()
+    }
+
+    /// The backend graph, for wasi-nn glue that wants to hand out `Graph` resources.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// A new execution context: one per guest graph-execution-context.
+    pub fn new_context(&self) -> Result<Context, NnError> {
+        let ctx = catch_panic(|| self.graph.init_execution_context())
+            .map_err(NnError::Backend)?
+            .map_err(from_backend_error)?;
+        Ok(Context {
+            inner: Arc::new(Mutex::new(ctx)),
+        })
+    }
+
+    /// Runs one inference: waits for a slot in the model's bounded queue, runs the backend on a
+    /// blocking thread (never on the async runtime's threads), and gives up after the model's
+    /// timeout (queueing included).
+    pub async fn compute(
+        &self,
+        ctx: &Context,
+        inputs: Vec<NamedTensor>,
+    ) -> Result<Computed, NnError> {
+        let inner = ctx.inner.clone();
+        self.scheduler
+            .run(&self.spec.name, self.spec.timeout, move || {
+                let mut ctx = inner
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                catch_panic(|| ctx.compute_with_io(inputs))
+                    .map_err(|panic| NnError::Backend(format!("the backend panicked: {panic}")))?
+                    .map_err(from_backend_error)
+            })
+            .await
+            .map(|(outputs, queued, compute)| Computed {
+                outputs,
+                queued,
+                compute,
+            })
+    }
+
+    pub fn stats(&self) -> ModelStats {
+        self.scheduler.stats()
+    }
+}
+
+/// One guest graph-execution-context; it can be moved into a blocking task.
+#[derive(Clone)]
+pub struct Context {
+    inner: Arc<Mutex<ExecutionContext>>,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").finish_non_exhaustive()
+    }
+}
+
+/// Runs `f`, turning a panic into its message.
+pub(crate) fn catch_panic<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|payload| {
+        payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string())
+    })
+}
+
+/// Sorts a backend's error into the guest's fault or the backend's.
+pub(crate) fn from_backend_error(err: BackendError) -> NnError {
+    match err {
+        BackendError::BackendAccess(e) => match e.downcast_ref::<backend::GuestFault>() {
+            Some(fault) => NnError::InvalidInput(fault.0.clone()),
+            None => NnError::Backend(format!("{e:#}")),
+        },
+        BackendError::UnsupportedTensorType(ty) => {
+            NnError::InvalidInput(format!("unsupported tensor type {ty}"))
+        }
+        BackendError::NotEnoughMemory(n) => {
+            NnError::InvalidInput(format!("not enough memory for a tensor of {n} bytes"))
+        }
+        other => NnError::Backend(other.to_string()),
+    }
+}
