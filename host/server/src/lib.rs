@@ -78,6 +78,7 @@ async fn load(config: &Config) -> anyhow::Result<(registry::Snapshot, Arc<Runtim
     let specs = config.model_specs();
     let options = BackendOptions {
         ort_dylib: config.onnxruntime.library.clone(),
+        ..Default::default()
     };
     let models = tokio::task::spawn_blocking(move || Models::load(&specs, &options))
         .await?
