@@ -13,7 +13,13 @@ fn main() {
     let target_dir = root.join("target/wasm");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(&root)
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("plugins/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target_dir);

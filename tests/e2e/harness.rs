@@ -63,7 +63,11 @@ impl Host {
             }
         };
         std::thread::spawn(move || for _ in lines {});
-        let host = Host { base, child: std::sync::Mutex::new(child), _dir: dir };
+        let host = Host {
+            base,
+            child: std::sync::Mutex::new(child),
+            _dir: dir,
+        };
         host.wait_ready(Duration::from_secs(120));
         host
     }
@@ -77,7 +81,10 @@ impl Host {
             if raw_get(&self.base, "/readyz").is_some_and(|s| s == 200) {
                 return;
             }
-            assert!(started.elapsed() < timeout, "infergate not ready after {timeout:?}");
+            assert!(
+                started.elapsed() < timeout,
+                "infergate not ready after {timeout:?}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -88,7 +95,12 @@ impl Host {
 
     /// True while the host process runs.
     pub fn alive(&self) -> bool {
-        self.child.lock().unwrap().try_wait().expect("try_wait").is_none()
+        self.child
+            .lock()
+            .unwrap()
+            .try_wait()
+            .expect("try_wait")
+            .is_none()
     }
 }
 
@@ -106,7 +118,11 @@ fn raw_get(base: &str, path: &str) -> Option<u16> {
     let addr = base.strip_prefix("http://")?;
     let mut stream = TcpStream::connect(addr).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
@@ -202,7 +218,11 @@ pub fn client() -> reqwest::Client {
 }
 
 /// Asserts `response` is the standard JSON error with `status` and `code`; returns the body.
-pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+pub async fn expect_error(
+    response: reqwest::Response,
+    status: u16,
+    code: &str,
+) -> serde_json::Value {
     let got = response.status().as_u16();
     let request_id = response
         .headers()
@@ -214,7 +234,16 @@ pub async fn expect_error(response: reqwest::Response, status: u16, code: &str) 
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("error body is not JSON: {text}"));
     assert_eq!(got, status, "status for {body}");
     assert_eq!(body["error"]["code"], code, "code in {body}");
-    assert!(body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "message in {body}");
-    assert_eq!(body["error"]["request_id"], request_id.as_str(), "request_id in {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "message in {body}"
+    );
+    assert_eq!(
+        body["error"]["request_id"],
+        request_id.as_str(),
+        "request_id in {body}"
+    );
     body
 }

@@ -13,7 +13,12 @@ async fn health_and_readiness() {
     let r = reqwest::get(host.url("/readyz")).await.unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
-    let names: Vec<&str> = body["plugins"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = body["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["digits", "embed", "hello", "hostile"]);
 }
 
@@ -37,15 +42,44 @@ async fn api_keys_are_required_and_checked() {
     let host = shared();
     let url = host.url("/hello/greet");
     let anon = reqwest::Client::new();
-    let r = anon.post(&url).json(&json!({"name": "x"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 401, "unauthorized").await;
-    let r = anon.post(&url).bearer_auth("wrong-key").json(&json!({"name": "x"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .bearer_auth("wrong-key")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 401, "unauthorized").await;
-    let r = anon.post(&url).header("authorization", format!("Basic {API_KEY}")).json(&json!({"name": "x"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .header("authorization", format!("Basic {API_KEY}"))
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 401, "unauthorized").await;
-    let r = anon.post(&url).header("x-api-key", API_KEY).json(&json!({"name": "Ada"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .header("x-api-key", API_KEY)
+        .json(&json!({"name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = anon.post(&url).bearer_auth(API_KEY).json(&json!({"name": "Ada"})).send().await.unwrap();
+    let r = anon
+        .post(&url)
+        .bearer_auth(API_KEY)
+        .json(&json!({"name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(body["message"].as_str().unwrap().contains("Ada"), "{body}");
@@ -55,8 +89,21 @@ async fn api_keys_are_required_and_checked() {
 async fn unknown_routes_and_methods() {
     let host = shared();
     let c = client();
-    expect_error(c.get(host.url("/nope")).send().await.unwrap(), 404, "not_found").await;
-    expect_error(c.get(host.url("/digits/classify/extra")).send().await.unwrap(), 404, "not_found").await;
+    expect_error(
+        c.get(host.url("/nope")).send().await.unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        c.get(host.url("/digits/classify/extra"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
     let r = c.get(host.url("/digits/classify")).send().await.unwrap();
     expect_error(r, 405, "method_not_allowed").await;
     let r = c.post(host.url("/healthz")).send().await.unwrap();
@@ -68,20 +115,58 @@ async fn bad_bodies_get_clear_json_errors() {
     let host = shared();
     let c = client();
     let url = host.url("/digits/classify");
-    let send = |body: &'static str| c.post(&url).header("content-type", "application/json").body(body).send();
-    let e = expect_error(send("{\"pixels\": [1, 2,").await.unwrap(), 400, "invalid_request").await;
-    assert!(e["error"]["message"].as_str().unwrap().contains("JSON"), "{e}");
+    let send = |body: &'static str| {
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let e = expect_error(
+        send("{\"pixels\": [1, 2,").await.unwrap(),
+        400,
+        "invalid_request",
+    )
+    .await;
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("JSON"),
+        "{e}"
+    );
     expect_error(send("").await.unwrap(), 400, "invalid_request").await;
     expect_error(send("{}").await.unwrap(), 422, "invalid_request").await;
-    expect_error(send("{\"pixels\": \"nope\"}").await.unwrap(), 422, "invalid_request").await;
+    expect_error(
+        send("{\"pixels\": \"nope\"}").await.unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
     let short = json!({"pixels": vec![1; 63]}).to_string();
-    expect_error(c.post(&url).body(short).send().await.unwrap(), 422, "invalid_request").await;
+    expect_error(
+        c.post(&url).body(short).send().await.unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
     let out_of_range = json!({"pixels": vec![17; 64]}).to_string();
-    expect_error(c.post(&url).body(out_of_range).send().await.unwrap(), 422, "invalid_request").await;
+    expect_error(
+        c.post(&url).body(out_of_range).send().await.unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
     let strings = json!({"pixels": vec!["1"; 64]}).to_string();
-    expect_error(c.post(&url).body(strings).send().await.unwrap(), 422, "invalid_request").await;
+    expect_error(
+        c.post(&url).body(strings).send().await.unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
     // Still serving after all that.
-    let ok = c.post(&url).json(&json!({"pixels": vec![0; 64]})).send().await.unwrap();
+    let ok = c
+        .post(&url)
+        .json(&json!({"pixels": vec![0; 64]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 200);
 }
 
@@ -91,19 +176,38 @@ async fn oversized_bodies_are_refused() {
     let c = client();
     // The hostile plugin accepts at most 4096 bytes.
     let big = format!("{{\"n\": 1, \"text\": \"{}\"}}", "x".repeat(10_000));
-    let r = c.post(host.url("/hostile/echo")).body(big.clone()).send().await.unwrap();
+    let r = c
+        .post(host.url("/hostile/echo"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 413, "payload_too_large").await;
     // Without a Content-Length (chunked), the limit holds as the body streams in.
     let stream = futures_stream(big.into_bytes());
-    let r = c.post(host.url("/hostile/echo")).body(reqwest::Body::wrap_stream(stream)).send().await.unwrap();
+    let r = c
+        .post(host.url("/hostile/echo"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 413, "payload_too_large").await;
-    let r = c.post(host.url("/hostile/echo")).json(&json!({"n": 1, "text": "ok"})).send().await.unwrap();
+    let r = c
+        .post(host.url("/hostile/echo"))
+        .json(&json!({"n": 1, "text": "ok"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.json::<serde_json::Value>().await.unwrap(), json!({"n": 1, "text": "ok"}));
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"n": 1, "text": "ok"})
+    );
 }
 
 fn futures_stream(bytes: Vec<u8>) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(1000).map(|c| Ok(c.to_vec())).collect();
     futures::stream::iter(chunks)
 }
 
@@ -115,27 +219,54 @@ async fn a_restart_reuses_compiled_plugins() {
         let url = host.url("/readyz");
         async move {
             let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-            body["plugins"].as_array().unwrap().iter().map(|p| p["compiled"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+            body["plugins"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["compiled"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
         }
     };
     let first = crate::harness::Host::start_with_cache(&config, cache.path());
-    assert!(caches(&first).await.iter().all(|c| c == "compiled"), "cold cache compiles");
+    assert!(
+        caches(&first).await.iter().all(|c| c == "compiled"),
+        "cold cache compiles"
+    );
     drop(first);
     let second = crate::harness::Host::start_with_cache(&config, cache.path());
-    assert!(caches(&second).await.iter().all(|c| c == "cache"), "warm cache skips compiling");
-    let r = client().post(second.url("/hello/greet")).json(&json!({"name": "again"})).send().await.unwrap();
+    assert!(
+        caches(&second).await.iter().all(|c| c == "cache"),
+        "warm cache skips compiling"
+    );
+    let r = client()
+        .post(second.url("/hello/greet"))
+        .json(&json!({"name": "again"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
 #[tokio::test]
 async fn openapi_is_derived_from_manifests() {
     let host = shared();
-    let doc: serde_json::Value = reqwest::get(host.url("/openapi.json")).await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = reqwest::get(host.url("/openapi.json"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let classify = &doc["paths"]["/digits/classify"]["post"];
-    assert!(classify["summary"].as_str().is_some_and(|s| !s.is_empty()), "{classify}");
+    assert!(
+        classify["summary"].as_str().is_some_and(|s| !s.is_empty()),
+        "{classify}"
+    );
     let schema = &classify["requestBody"]["content"]["application/json"]["schema"];
-    assert!(schema.to_string().contains("pixels"), "request schema from the plugin's types: {schema}");
+    assert!(
+        schema.to_string().contains("pixels"),
+        "request schema from the plugin's types: {schema}"
+    );
     assert!(doc["paths"]["/embed/embeddings"]["post"].is_object());
     let page = reqwest::get(host.url("/docs")).await.unwrap();
     assert_eq!(page.status(), 200);

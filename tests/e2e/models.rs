@@ -20,7 +20,12 @@ async fn digits_classifies_the_held_out_split() {
         .map(|s| {
             let (c, url) = (c.clone(), url.clone());
             async move {
-                let r = c.post(&url).json(&json!({"pixels": s["pixels"]})).send().await.unwrap();
+                let r = c
+                    .post(&url)
+                    .json(&json!({"pixels": s["pixels"]}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200);
                 let body: Value = r.json().await.unwrap();
                 let scores = body["scores"].as_array().unwrap();
@@ -34,10 +39,16 @@ async fn digits_classifies_the_held_out_split() {
         .collect()
         .await;
     let accuracy = results.iter().filter(|ok| **ok).count() as f64 / results.len() as f64;
-    println!("digits held-out accuracy over HTTP: {accuracy:.4} ({} samples)", results.len());
+    println!(
+        "digits held-out accuracy over HTTP: {accuracy:.4} ({} samples)",
+        results.len()
+    );
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
     let expected = holdout["accuracy"].as_f64().unwrap();
-    assert!((accuracy - expected).abs() < 1e-9, "host {accuracy} vs training script {expected}");
+    assert!(
+        (accuracy - expected).abs() < 1e-9,
+        "host {accuracy} vs training script {expected}"
+    );
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
@@ -48,7 +59,11 @@ fn cosine(a: &[f64], b: &[f64]) -> f64 {
 }
 
 fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
 }
 
 #[tokio::test]
@@ -58,8 +73,18 @@ async fn embed_ranks_related_sentences_higher() {
         &std::fs::read_to_string(root().join("tests/data/embed_reference.json")).unwrap(),
     )
     .unwrap();
-    let texts: Vec<&str> = reference["sentences"].as_array().unwrap().iter().map(|s| s["text"].as_str().unwrap()).collect();
-    let r = client().post(host.url("/embed/embeddings")).json(&json!({"input": texts})).send().await.unwrap();
+    let texts: Vec<&str> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    let r = client()
+        .post(host.url("/embed/embeddings"))
+        .json(&json!({"input": texts}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     let data = body["data"].as_array().unwrap();
@@ -74,15 +99,28 @@ async fn embed_ranks_related_sentences_higher() {
     }
     let related = cosine(&embeddings[0], &embeddings[1]);
     let unrelated = cosine(&embeddings[0], &embeddings[2]);
-    println!("embed: cos(guitar, guitar paraphrase) = {related:.4}, cos(guitar, stock market) = {unrelated:.4}");
-    assert!(related > unrelated + 0.3, "related {related} vs unrelated {unrelated}");
+    println!(
+        "embed: cos(guitar, guitar paraphrase) = {related:.4}, cos(guitar, stock market) = {unrelated:.4}"
+    );
+    assert!(
+        related > unrelated + 0.3,
+        "related {related} vs unrelated {unrelated}"
+    );
 
     // Same tokens and (nearly) the same vectors as the Python reference (tokenizers + onnxruntime).
     let mut expected_tokens = 0;
-    for (i, s) in reference["sentences"].as_array().unwrap().iter().enumerate() {
+    for (i, s) in reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
         expected_tokens += s["ids"].as_array().unwrap().len();
         let agreement = cosine(&embeddings[i], &floats(&s["embedding"]));
-        assert!(agreement > 0.999, "sentence {i}: cos with reference {agreement}");
+        assert!(
+            agreement > 0.999,
+            "sentence {i}: cos with reference {agreement}"
+        );
     }
     assert_eq!(body["usage"]["prompt_tokens"], expected_tokens);
 }
@@ -92,16 +130,54 @@ async fn embed_accepts_a_single_string_and_rejects_bad_input() {
     let host = shared();
     let c = client();
     let url = host.url("/embed/embeddings");
-    let r = c.post(&url).json(&json!({"input": "hello world"})).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&json!({"input": "hello world"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
-    expect_error(c.post(&url).json(&json!({"input": 42})).send().await.unwrap(), 422, "invalid_request").await;
-    expect_error(c.post(&url).json(&json!({"input": []})).send().await.unwrap(), 422, "invalid_request").await;
-    expect_error(c.post(&url).json(&json!({})).send().await.unwrap(), 422, "invalid_request").await;
-    let r = c.post(&url).json(&json!({"input": ["x"], "model": "no-such-model"})).send().await.unwrap();
+    expect_error(
+        c.post(&url)
+            .json(&json!({"input": 42}))
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
+    expect_error(
+        c.post(&url)
+            .json(&json!({"input": []}))
+            .send()
+            .await
+            .unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
+    expect_error(
+        c.post(&url).json(&json!({})).send().await.unwrap(),
+        422,
+        "invalid_request",
+    )
+    .await;
+    let r = c
+        .post(&url)
+        .json(&json!({"input": ["x"], "model": "no-such-model"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "model_not_found").await;
     // A model that exists on the host but is granted to another plugin is just as invisible.
-    let r = c.post(&url).json(&json!({"input": ["x"], "model": "digits"})).send().await.unwrap();
+    let r = c
+        .post(&url)
+        .json(&json!({"input": ["x"], "model": "digits"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "model_not_found").await;
 }

@@ -9,8 +9,17 @@ use crate::harness::{client, expect_error, shared};
 
 async fn digits_ok(c: &reqwest::Client, base: &str) -> Duration {
     let started = Instant::now();
-    let r = c.post(format!("{base}/digits/classify")).json(&json!({"pixels": vec![3; 64]})).send().await.unwrap();
-    assert_eq!(r.status(), 200, "a good request to another plugin must succeed");
+    let r = c
+        .post(format!("{base}/digits/classify"))
+        .json(&json!({"pixels": vec![3; 64]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a good request to another plugin must succeed"
+    );
     started.elapsed()
 }
 
@@ -27,7 +36,10 @@ async fn infinite_loop_hits_the_cpu_limit_without_blocking_others() {
         digits_ok(&c, &host.base).await;
     }
     let e = expect_error(spin.await.unwrap(), 504, "plugin_timeout").await;
-    assert!(e["error"]["message"].as_str().unwrap().contains("CPU"), "{e}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("CPU"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -35,10 +47,21 @@ async fn sleeping_past_the_wall_clock_limit_times_out() {
     let host = shared();
     let c = client();
     let started = Instant::now();
-    let r = c.get(host.url("/hostile/sleep?ms=20000")).send().await.unwrap();
+    let r = c
+        .get(host.url("/hostile/sleep?ms=20000"))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 504, "plugin_timeout").await;
-    assert!(started.elapsed() < Duration::from_secs(15), "the 3 s wall limit applies");
-    let r = c.get(host.url("/hostile/sleep?ms=10")).send().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the 3 s wall limit applies"
+    );
+    let r = c
+        .get(host.url("/hostile/sleep?ms=10"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -56,7 +79,12 @@ async fn memory_bomb_is_contained() {
 #[tokio::test]
 async fn panic_is_a_trap() {
     let host = shared();
-    let r = client().post(host.url("/hostile/panic")).json(&json!({})).send().await.unwrap();
+    let r = client()
+        .post(host.url("/hostile/panic"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 500, "plugin_trap").await;
 }
 
@@ -100,22 +128,39 @@ async fn no_filesystem_environment_or_network() {
 #[tokio::test]
 async fn plugins_see_identity_not_credentials() {
     let host = shared();
-    let r = client().get(host.url("/hostile/whoami")).send().await.unwrap();
+    let r = client()
+        .get(host.url("/hostile/whoami"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let ctx: Value = r.json().await.unwrap();
     assert_eq!(ctx["tenant"], "default", "{ctx}");
     assert_eq!(ctx["key_id"], "env", "{ctx}");
     assert_eq!(ctx["route"], "/whoami", "{ctx}");
-    assert!(!ctx.to_string().contains(crate::harness::API_KEY), "the key never reaches a plugin");
+    assert!(
+        !ctx.to_string().contains(crate::harness::API_KEY),
+        "the key never reaches a plugin"
+    );
 }
 
 #[tokio::test]
 async fn ungranted_model_is_not_found() {
     let host = shared();
     let c = client();
-    let r = c.post(host.url("/hostile/model")).json(&json!({"name": "all-minilm-l6-v2"})).send().await.unwrap();
+    let r = c
+        .post(host.url("/hostile/model"))
+        .json(&json!({"name": "all-minilm-l6-v2"}))
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 404, "model_not_found").await;
-    let r = c.post(host.url("/hostile/model")).json(&json!({"name": "digits"})).send().await.unwrap();
+    let r = c
+        .post(host.url("/hostile/model"))
+        .json(&json!({"name": "digits"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
 }
 
@@ -126,14 +171,25 @@ async fn the_host_survives_a_storm_of_bad_plugins() {
     let mut bad = Vec::new();
     for path in ["spin", "grow", "panic", "spin", "grow", "panic"] {
         let (c, url) = (c.clone(), host.url(&format!("/hostile/{path}")));
-        bad.push(tokio::spawn(async move { c.post(url).json(&json!({})).send().await.unwrap().status().as_u16() }));
+        bad.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
     }
     for _ in 0..20 {
         digits_ok(&c, &host.base).await;
     }
     for task in bad {
         let status = task.await.unwrap();
-        assert!(status == 500 || status == 504, "bad plugin answered {status}");
+        assert!(
+            status == 500 || status == 504,
+            "bad plugin answered {status}"
+        );
     }
     let r = reqwest::get(host.url("/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);

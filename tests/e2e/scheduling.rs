@@ -28,7 +28,8 @@ wall_ms = 60000
 
 /// A batch that keeps the model busy for a while.
 fn heavy_batch() -> Value {
-    let text = "The quick brown fox jumps over the lazy dog near the riverbank at dawn. ".repeat(12);
+    let text =
+        "The quick brown fox jumps over the lazy dog near the riverbank at dawn. ".repeat(12);
     json!({"input": vec![text; 32]})
 }
 
@@ -39,7 +40,9 @@ async fn a_full_queue_answers_queue_full_with_retry_after() {
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let (c, url) = (c.clone(), host.url("/embed/embeddings"));
-        tasks.push(tokio::spawn(async move { c.post(url).json(&heavy_batch()).send().await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            c.post(url).json(&heavy_batch()).send().await.unwrap()
+        }));
     }
     let (mut ok, mut full) = (0, 0);
     for t in tasks {
@@ -47,18 +50,29 @@ async fn a_full_queue_answers_queue_full_with_retry_after() {
         if r.status() == 200 {
             ok += 1;
         } else {
-            assert!(r.headers().contains_key("retry-after"), "queue_full carries Retry-After");
+            assert!(
+                r.headers().contains_key("retry-after"),
+                "queue_full carries Retry-After"
+            );
             expect_error(r, 503, "queue_full").await;
             full += 1;
         }
     }
     println!("queue: {ok} served, {full} refused");
-    assert!(ok >= 2 && full >= 1, "one running + one queued are served, the rest refused ({ok}/{full})");
+    assert!(
+        ok >= 2 && full >= 1,
+        "one running + one queued are served, the rest refused ({ok}/{full})"
+    );
 }
 
 #[tokio::test]
 async fn a_slow_inference_times_out() {
     let host = embed_host(1, 4, 30);
-    let r = client().post(host.url("/embed/embeddings")).json(&heavy_batch()).send().await.unwrap();
+    let r = client()
+        .post(host.url("/embed/embeddings"))
+        .json(&heavy_batch())
+        .send()
+        .await
+        .unwrap();
     expect_error(r, 504, "inference_timeout").await;
 }

@@ -108,7 +108,9 @@ impl Runtime {
             // with `Component::serialize` output of an engine with the same fingerprint.
             match unsafe { Component::deserialize_file(&self.engine, &path) } {
                 Ok(component) => return Ok((component, CacheOutcome::Hit)),
-                Err(e) => tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e}"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "ignoring unreadable cache entry: {e}")
+                }
             }
         }
         let component = self.compile_fresh(wasm)?;

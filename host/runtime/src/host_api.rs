@@ -47,11 +47,21 @@ impl wit_host::Host for PluginState {
         let fields = fields.join(" ");
         let (plugin, request_id) = (&*self.plugin, &self.request.request_id);
         match level {
-            wit_host::LogLevel::Trace => tracing::trace!(target: "plugin", plugin, request_id, fields, "{message}"),
-            wit_host::LogLevel::Debug => tracing::debug!(target: "plugin", plugin, request_id, fields, "{message}"),
-            wit_host::LogLevel::Info => tracing::info!(target: "plugin", plugin, request_id, fields, "{message}"),
-            wit_host::LogLevel::Warn => tracing::warn!(target: "plugin", plugin, request_id, fields, "{message}"),
-            wit_host::LogLevel::Error => tracing::error!(target: "plugin", plugin, request_id, fields, "{message}"),
+            wit_host::LogLevel::Trace => {
+                tracing::trace!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            wit_host::LogLevel::Debug => {
+                tracing::debug!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            wit_host::LogLevel::Info => {
+                tracing::info!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            wit_host::LogLevel::Warn => {
+                tracing::warn!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
+            wit_host::LogLevel::Error => {
+                tracing::error!(target: "plugin", plugin, request_id, fields, "{message}")
+            }
         }
         Ok(())
     }

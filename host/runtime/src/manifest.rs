@@ -74,14 +74,17 @@ impl PathTemplate {
 }
 
 fn valid_ident(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// Plugin names become URL segments and metric labels: keep them plain.
 pub fn valid_plugin_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
 }
 
 impl Manifest {
@@ -98,7 +101,10 @@ impl Manifest {
         for r in m.routes {
             let method_name = r.method.to_ascii_uppercase();
             if !METHODS.contains(&method_name.as_str()) {
-                return Err(format!("route `{} {}`: unsupported method", r.method, r.path));
+                return Err(format!(
+                    "route `{} {}`: unsupported method",
+                    r.method, r.path
+                ));
             }
             let method: http::Method = method_name
                 .parse()
@@ -117,8 +123,12 @@ impl Manifest {
             }
             let schema = |text: Option<String>, what: &str| -> Result<_, String> {
                 text.map(|t| {
-                    serde_json::from_str::<serde_json::Value>(&t)
-                        .map_err(|e| format!("route `{method} {}`: {what} schema is not JSON: {e}", r.path))
+                    serde_json::from_str::<serde_json::Value>(&t).map_err(|e| {
+                        format!(
+                            "route `{method} {}`: {what} schema is not JSON: {e}",
+                            r.path
+                        )
+                    })
                 })
                 .transpose()
             };
@@ -162,8 +172,13 @@ mod tests {
 
     #[test]
     fn rejects_bad_templates() {
-        for bad in ["items", "/a//b", "/{}", "/{a}/{a}", "/a{b}", "/a?b", "/{a b}"] {
-            assert!(PathTemplate::parse(bad).is_err(), "{bad} should be rejected");
+        for bad in [
+            "items", "/a//b", "/{}", "/{a}/{a}", "/a{b}", "/a?b", "/{a b}",
+        ] {
+            assert!(
+                PathTemplate::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
     }
 
@@ -191,9 +206,18 @@ mod tests {
 
     #[test]
     fn rejects_duplicate_routes_even_with_other_param_names() {
-        let err = Manifest::from_wit(manifest(vec![route("GET", "/a/{x}"), route("get", "/a/{y}")]));
+        let err = Manifest::from_wit(manifest(vec![
+            route("GET", "/a/{x}"),
+            route("get", "/a/{y}"),
+        ]));
         assert!(err.unwrap_err().contains("declared twice"));
-        assert!(Manifest::from_wit(manifest(vec![route("GET", "/a/{x}"), route("POST", "/a/{y}")])).is_ok());
+        assert!(
+            Manifest::from_wit(manifest(vec![
+                route("GET", "/a/{x}"),
+                route("POST", "/a/{y}")
+            ]))
+            .is_ok()
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use infergate_nn::{Context, Model, NnError};
-use wasmtime::component::{HasSelf, Linker, Resource};
 use tracing::Instrument;
+use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi_nn::backend::NamedTensor;
 
 use crate::bindings::wit_nn::{errors, graph, inference, tensor};
@@ -100,7 +100,10 @@ impl tensor::HostTensor for PluginState {
         Ok(self.table.get(&t)?.dimensions.clone())
     }
 
-    fn ty(&mut self, t: Resource<wasmtime_wasi_nn::Tensor>) -> wasmtime::Result<tensor::TensorType> {
+    fn ty(
+        &mut self,
+        t: Resource<wasmtime_wasi_nn::Tensor>,
+    ) -> wasmtime::Result<tensor::TensorType> {
         Ok(from_backend_type(self.table.get(&t)?.ty))
     }
 
@@ -185,12 +188,20 @@ impl inference::HostGraphExecutionContext for PluginState {
                 Ok(Ok(outputs))
             }
             Err(NnError::QueueFull { model, retry_after }) => {
-                Err(wasmtime::Error::new(HostAbort::QueueFull { model, retry_after }))
+                Err(wasmtime::Error::new(HostAbort::QueueFull {
+                    model,
+                    retry_after,
+                }))
             }
             Err(NnError::Timeout { model, after }) => {
-                Err(wasmtime::Error::new(HostAbort::InferenceTimeout { model, after }))
+                Err(wasmtime::Error::new(HostAbort::InferenceTimeout {
+                    model,
+                    after,
+                }))
             }
-            Err(NnError::InvalidInput(msg)) => self.nn_error(errors::ErrorCode::InvalidArgument, msg),
+            Err(NnError::InvalidInput(msg)) => {
+                self.nn_error(errors::ErrorCode::InvalidArgument, msg)
+            }
             Err(NnError::Backend(msg)) => self.nn_error(errors::ErrorCode::RuntimeError, msg),
         }
     }

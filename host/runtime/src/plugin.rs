@@ -81,7 +81,10 @@ pub enum InvokeError {
     #[error("the plugin crashed: {0}")]
     Trap(String),
     #[error("model `{model}` is busy: its queue is full")]
-    QueueFull { model: String, retry_after: Duration },
+    QueueFull {
+        model: String,
+        retry_after: Duration,
+    },
     #[error("model `{model}` did not answer within {after:?}")]
     InferenceTimeout { model: String, after: Duration },
     #[error("the plugin's response is larger than its limit of {0} bytes")]
@@ -103,13 +106,14 @@ impl Runtime {
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spec.wasm));
         let runtime = self.clone();
         let wasm = spec.wasm.clone();
-        let (component, cache) = tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("the component does not fit the infergate world: {e:#}"))?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| anyhow::anyhow!("the component does not export the plugin world: {e:#}"))?;
+        let (component, cache) =
+            tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!("the component does not fit the infergate world: {e:#}")
+        })?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            anyhow::anyhow!("the component does not export the plugin world: {e:#}")
+        })?;
 
         let mut granted = HashMap::new();
         for name in &spec.models {
@@ -158,7 +162,12 @@ async fn read_manifest(
     };
     let wit = tokio::time::timeout(limits.wall_time(), call)
         .await
-        .map_err(|_| anyhow::anyhow!("reading the manifest took longer than {:?}", limits.wall_time()))?
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "reading the manifest took longer than {:?}",
+                limits.wall_time()
+            )
+        })?
         .map_err(|e| anyhow::anyhow!("reading the manifest failed: {e:#}"))?;
     Manifest::from_wit(wit).map_err(|e| anyhow::anyhow!("invalid manifest: {e}"))
 }
@@ -216,7 +225,11 @@ impl Plugin {
             .http()
             .new_incoming_request(Scheme::Http, hyper_request)
             .map_err(setup)?;
-        let out = store.data_mut().http().new_response_outparam(sender).map_err(setup)?;
+        let out = store
+            .data_mut()
+            .http()
+            .new_response_outparam(sender)
+            .map_err(setup)?;
 
         let pre = self.pre.clone();
         let task = tokio::spawn(async move {
@@ -239,7 +252,11 @@ impl Plugin {
 
         let response = match receiver.await {
             Ok(Ok(response)) => Some(response),
-            Ok(Err(code)) => return Err(self.finish_error(&mut task, Some(format!("{code:?}"))).await),
+            Ok(Err(code)) => {
+                return Err(self
+                    .finish_error(&mut task, Some(format!("{code:?}")))
+                    .await);
+            }
             Err(_) => None,
         };
         let Some(response) = response else {
@@ -303,7 +320,11 @@ impl Plugin {
         }
         let message = match error.downcast_ref::<wasmtime::Trap>() {
             Some(trap) => trap.to_string(),
-            None => format!("{error:#}").lines().next().unwrap_or_default().to_string(),
+            None => format!("{error:#}")
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         };
         tracing::warn!(plugin = %self.name, "plugin trapped: {error:?}");
         InvokeError::Trap(message)

@@ -76,7 +76,12 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub fn new(plugin: Arc<str>, limits: &Limits, nn: NnState, request: Arc<RequestContext>) -> Self {
+    pub fn new(
+        plugin: Arc<str>,
+        limits: &Limits,
+        nn: NnState,
+        request: Arc<RequestContext>,
+    ) -> Self {
         let wasi = WasiCtx::builder()
             .allow_tcp(false)
             .allow_udp(false)

@@ -68,7 +68,9 @@ fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
         .to_str()
         .map_err(|_| ApiError::unauthorized("the Authorization header is not valid text"))?;
     match value.split_once(' ') {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(token.trim())
         }
         _ => Err(ApiError::unauthorized(
@@ -104,7 +106,10 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
         }
         h
     }
@@ -112,9 +117,24 @@ mod tests {
     #[test]
     fn accepts_both_headers() {
         let s = store();
-        assert!(s.authenticate(&headers(&[("authorization", "Bearer secret-key-0123456789")])).is_ok());
-        assert!(s.authenticate(&headers(&[("authorization", "bearer secret-key-0123456789")])).is_ok());
-        assert!(s.authenticate(&headers(&[("x-api-key", "secret-key-0123456789")])).is_ok());
+        assert!(
+            s.authenticate(&headers(&[(
+                "authorization",
+                "Bearer secret-key-0123456789"
+            )]))
+            .is_ok()
+        );
+        assert!(
+            s.authenticate(&headers(&[(
+                "authorization",
+                "bearer secret-key-0123456789"
+            )]))
+            .is_ok()
+        );
+        assert!(
+            s.authenticate(&headers(&[("x-api-key", "secret-key-0123456789")]))
+                .is_ok()
+        );
     }
 
     #[test]

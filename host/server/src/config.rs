@@ -181,7 +181,11 @@ impl Config {
             anyhow::ensure!(names.insert(&m.name), "{at}: name is declared twice");
             anyhow::ensure!(m.concurrency > 0, "{at}: concurrency must be at least 1");
             anyhow::ensure!(m.timeout_ms > 0, "{at}: timeout_ms must be greater than 0");
-            anyhow::ensure!(m.path.is_file(), "{at}: path: no model file at {}", m.path.display());
+            anyhow::ensure!(
+                m.path.is_file(),
+                "{at}: path: no model file at {}",
+                m.path.display()
+            );
         }
         let mut plugin_names = HashSet::new();
         for (i, p) in self.plugins.iter().enumerate() {
@@ -249,7 +253,10 @@ impl Config {
 impl PluginConfig {
     /// The path prefix the plugin's routes live under, without a trailing slash ("" for root).
     pub fn mount(&self) -> String {
-        let mount = self.mount.clone().unwrap_or_else(|| format!("/{}", self.name));
+        let mount = self
+            .mount
+            .clone()
+            .unwrap_or_else(|| format!("/{}", self.name));
         mount.trim_end_matches('/').to_string()
     }
 }
@@ -271,26 +278,49 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = format!("{:#}", parse("listen = \"127.0.0.1:1\"\nlisten_port = 3").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("listen = \"127.0.0.1:1\"\nlisten_port = 3").unwrap_err()
+        );
         assert!(err.contains("listen_port"), "{err}");
         let err = format!(
             "{:#}",
-            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\nmemory = 1").unwrap_err()
+            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\nmemory = 1")
+                .unwrap_err()
         );
         assert!(err.contains("memory"), "{err}");
     }
 
     #[test]
     fn bad_values_are_named() {
-        let err = format!("{:#}", parse("[[plugins]]\nname = \"Bad Name\"\nbuiltin = \"hello\"").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("[[plugins]]\nname = \"Bad Name\"\nbuiltin = \"hello\"").unwrap_err()
+        );
         assert!(err.contains("plugins[0]") && err.contains("name"), "{err}");
-        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"nope\"").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"nope\"").unwrap_err()
+        );
         assert!(err.contains("builtin"), "{err}");
-        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\nmodels = [\"m\"]").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\nmodels = [\"m\"]").unwrap_err()
+        );
         assert!(err.contains("`m` is not declared"), "{err}");
-        let err = format!("{:#}", parse("[[models]]\nname = \"m\"\npath = \"x.onnx\"").unwrap_err());
-        assert!(err.contains("models[0]") && err.contains("no model file"), "{err}");
-        let err = format!("{:#}", parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\ncpu_ms = 0").unwrap_err());
+        let err = format!(
+            "{:#}",
+            parse("[[models]]\nname = \"m\"\npath = \"x.onnx\"").unwrap_err()
+        );
+        assert!(
+            err.contains("models[0]") && err.contains("no model file"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"\n[plugins.limits]\ncpu_ms = 0")
+                .unwrap_err()
+        );
         assert!(err.contains("cpu_ms"), "{err}");
     }
 

@@ -33,7 +33,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
-        .route("/docs", get(|| async { axum::response::Html(crate::openapi::DOCS_PAGE) }))
+        .route(
+            "/docs",
+            get(|| async { axum::response::Html(crate::openapi::DOCS_PAGE) }),
+        )
         .fallback(dispatch)
         .with_state(state)
         .layer(middleware::from_fn(request_id))
@@ -78,7 +81,8 @@ async fn request_id(request: Request, next: Next) -> Response {
         .filter(|v| {
             !v.is_empty()
                 && v.len() <= 64
-                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
@@ -121,38 +125,65 @@ fn ensure_json_error(response: Response) -> Response {
 }
 
 /// Serves a plugin route.
-async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Result<Response, ApiError> {
+async fn dispatch(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
     let principal = state.keys.authenticate(request.headers())?;
     let (parts, body) = request.into_parts();
-    let (target, params, relative_path) = match snapshot.router.find(&parts.method, parts.uri.path()) {
-        Match::Found { target, params, relative_path } => (target, params, relative_path),
-        Match::MethodNotAllowed(allowed) => {
-            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                format!("{} is not allowed here; use {}", parts.method, allowed.join(", ")),
-            ));
-        }
-        Match::NotFound => {
-            return Err(ApiError::not_found(format!("no route for {} {}", parts.method, parts.uri.path())));
-        }
-    };
+    let (target, params, relative_path) =
+        match snapshot.router.find(&parts.method, parts.uri.path()) {
+            Match::Found {
+                target,
+                params,
+                relative_path,
+            } => (target, params, relative_path),
+            Match::MethodNotAllowed(allowed) => {
+                let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+                return Err(ApiError::new(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    "method_not_allowed",
+                    format!(
+                        "{} is not allowed here; use {}",
+                        parts.method,
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            Match::NotFound => {
+                return Err(ApiError::not_found(format!(
+                    "no route for {} {}",
+                    parts.method,
+                    parts.uri.path()
+                )));
+            }
+        };
     let mounted = &snapshot.plugins[target.plugin];
     let route = &mounted.plugin.manifest.routes[target.route];
     let limits = &mounted.plugin.limits;
 
-    let body = read_body(&parts.headers, body, limits.max_request_bytes, limits.wall_time()).await?;
+    let body = read_body(
+        &parts.headers,
+        body,
+        limits.max_request_bytes,
+        limits.wall_time(),
+    )
+    .await?;
     if let Some(validator) = &mounted.validators[target.route] {
-        let value: Value = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))?;
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
         let problems: Vec<String> = validator
             .iter_errors(&value)
             .take(5)
             .map(|e| {
                 let at = e.instance_path.to_string();
-                if at.is_empty() { e.to_string() } else { format!("{at}: {e}") }
+                if at.is_empty() {
+                    e.to_string()
+                } else {
+                    format!("{at}: {e}")
+                }
             })
             .collect();
         if !problems.is_empty() {
@@ -164,7 +195,12 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Resul
     }
 
     let mut headers = parts.headers;
-    for name in [header::AUTHORIZATION, header::HOST, header::CONNECTION, header::TRANSFER_ENCODING] {
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+    ] {
         headers.remove(name);
     }
     headers.remove("x-api-key");
@@ -195,21 +231,32 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Resul
     let mut out = Response::builder().status(response.status);
     if let Some(h) = out.headers_mut() {
         for (name, value) in &response.headers {
-            if name != header::CONTENT_LENGTH && name != header::TRANSFER_ENCODING && name != header::CONNECTION {
+            if name != header::CONTENT_LENGTH
+                && name != header::TRANSFER_ENCODING
+                && name != header::CONNECTION
+            {
                 h.append(name, value.clone());
             }
         }
     }
     let body = if response.status.is_client_error() || response.status.is_server_error() {
         if let Some(h) = out.headers_mut() {
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
         }
         normalise_plugin_error(response.status, &response.body)
     } else {
         response.body
     };
-    out.body(Body::from(body))
-        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "plugin_error", format!("invalid plugin response: {e}")))
+    out.body(Body::from(body)).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "plugin_error",
+            format!("invalid plugin response: {e}"),
+        )
+    })
 }
 
 /// Reads a request body of at most `limit` bytes within `deadline`.
@@ -228,11 +275,21 @@ async fn read_body(
     }
     let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
         .await
-        .map_err(|_| ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time"))?;
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+        })?;
     match collected {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::payload_too_large(limit)),
-        Err(e) => Err(ApiError::bad_request(format!("reading the request body failed: {e}"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body failed: {e}"
+        ))),
     }
 }
 
@@ -241,7 +298,10 @@ fn normalise_plugin_error(status: StatusCode, body: &[u8]) -> Bytes {
     let parsed: Option<Value> = serde_json::from_slice(body).ok();
     let shaped = parsed.as_ref().and_then(|v| {
         let e = v.get("error")?;
-        Some((e.get("code")?.as_str()?.to_string(), e.get("message")?.as_str()?.to_string()))
+        Some((
+            e.get("code")?.as_str()?.to_string(),
+            e.get("message")?.as_str()?.to_string(),
+        ))
     });
     let (code, message) = shaped.unwrap_or_else(|| {
         let text = String::from_utf8_lossy(body);
@@ -253,7 +313,8 @@ fn normalise_plugin_error(status: StatusCode, body: &[u8]) -> Bytes {
         };
         ("plugin_error".to_string(), message)
     });
-    let value = json!({"error": {"code": code, "message": message, "request_id": current_request_id()}});
+    let value =
+        json!({"error": {"code": code, "message": message, "request_id": current_request_id()}});
     Bytes::from(value.to_string())
 }
 
@@ -269,10 +330,16 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v["error"]["code"], "model_not_found");
-        let v: Value = serde_json::from_slice(&normalise_plugin_error(StatusCode::BAD_REQUEST, b"oops")).unwrap();
+        let v: Value =
+            serde_json::from_slice(&normalise_plugin_error(StatusCode::BAD_REQUEST, b"oops"))
+                .unwrap();
         assert_eq!(v["error"]["code"], "plugin_error");
         assert_eq!(v["error"]["message"], "oops");
-        let v: Value = serde_json::from_slice(&normalise_plugin_error(StatusCode::INTERNAL_SERVER_ERROR, b"")).unwrap();
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"",
+        ))
+        .unwrap();
         assert_eq!(v["error"]["message"], "Internal Server Error");
     }
 }

@@ -10,7 +10,11 @@ use infergate::config::Config;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(name = "infergate", version, about = "Serve AI models behind sandboxed WebAssembly plugins")]
+#[command(
+    name = "infergate",
+    version,
+    about = "Serve AI models behind sandboxed WebAssembly plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -86,7 +90,9 @@ fn key_store(config: &Config) -> KeyStore {
         Ok(key) if !key.is_empty() => keys.insert(&key, default_principal),
         _ if keys.is_empty() => {
             let key = generate_key();
-            println!("INFERGATE_API_KEY is not set; generated an API key for tenant `default`: {key}");
+            println!(
+                "INFERGATE_API_KEY is not set; generated an API key for tenant `default`: {key}"
+            );
             keys.insert(&key, default_principal);
         }
         _ => {}
@@ -100,7 +106,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };

@@ -11,13 +11,22 @@ pub fn document(snapshot: &Snapshot) -> Value {
     for mounted in &snapshot.plugins {
         for route in &mounted.plugin.manifest.routes {
             let path = format!("{}{}", mounted.mount, route.path.raw);
-            let path = if path.is_empty() { "/".to_string() } else { path };
+            let path = if path.is_empty() {
+                "/".to_string()
+            } else {
+                path
+            };
             let mut op = Map::new();
             op.insert("tags".into(), json!([mounted.name]));
             op.insert("summary".into(), json!(route.summary));
             op.insert(
                 "operationId".into(),
-                json!(format!("{}_{}_{}", mounted.name, route.method.as_str().to_lowercase(), route.path.raw)),
+                json!(format!(
+                    "{}_{}_{}",
+                    mounted.name,
+                    route.method.as_str().to_lowercase(),
+                    route.path.raw
+                )),
             );
             let params: Vec<Value> = route
                 .path
@@ -39,7 +48,11 @@ pub fn document(snapshot: &Snapshot) -> Value {
                     json!({"required": true, "content": {"application/json": {"schema": schema}}}),
                 );
             }
-            let ok_type = if route.streaming { "text/event-stream" } else { "application/json" };
+            let ok_type = if route.streaming {
+                "text/event-stream"
+            } else {
+                "application/json"
+            };
             let ok_schema = route.response_schema.clone().unwrap_or_else(|| json!({}));
             op.insert(
                 "responses".into(),
@@ -51,7 +64,9 @@ pub fn document(snapshot: &Snapshot) -> Value {
             if !route.scopes.is_empty() {
                 op.insert("x-required-scopes".into(), json!(route.scopes));
             }
-            let entry = paths.entry(path).or_insert_with(|| Value::Object(Map::new()));
+            let entry = paths
+                .entry(path)
+                .or_insert_with(|| Value::Object(Map::new()));
             if let Value::Object(methods) = entry {
                 methods.insert(route.method.as_str().to_lowercase(), Value::Object(op));
             }

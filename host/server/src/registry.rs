@@ -46,7 +46,11 @@ impl Registry {
 }
 
 /// Loads every configured plugin and builds the route table; the error names the plugin.
-pub async fn load(config: &Config, runtime: &Arc<Runtime>, models: &Models) -> anyhow::Result<Snapshot> {
+pub async fn load(
+    config: &Config,
+    runtime: &Arc<Runtime>,
+    models: &Models,
+) -> anyhow::Result<Snapshot> {
     let mut plugins = Vec::new();
     let mut router = Router::default();
     for (index, pc) in config.plugins.iter().enumerate() {
@@ -54,7 +58,10 @@ pub async fn load(config: &Config, runtime: &Arc<Runtime>, models: &Models) -> a
             .await
             .with_context(|| format!("loading plugin `{}`", pc.name))?;
         for (route_index, route) in mounted.plugin.manifest.routes.iter().enumerate() {
-            let target = Target { plugin: index, route: route_index };
+            let target = Target {
+                plugin: index,
+                route: route_index,
+            };
             router
                 .add(&mounted.mount, route.method.clone(), &route.path, target)
                 .map_err(|e| anyhow::anyhow!("plugin `{}`: {e}", pc.name))?;
@@ -73,7 +80,11 @@ pub async fn load(config: &Config, runtime: &Arc<Runtime>, models: &Models) -> a
     Ok(Snapshot { plugins, router })
 }
 
-async fn load_plugin(pc: &PluginConfig, runtime: &Arc<Runtime>, models: &Models) -> anyhow::Result<Mounted> {
+async fn load_plugin(
+    pc: &PluginConfig,
+    runtime: &Arc<Runtime>,
+    models: &Models,
+) -> anyhow::Result<Mounted> {
     let wasm: Arc<[u8]> = match (&pc.path, &pc.builtin) {
         (Some(path), _) => std::fs::read(path)
             .with_context(|| format!("reading {}", path.display()))?
@@ -93,7 +104,11 @@ async fn load_plugin(pc: &PluginConfig, runtime: &Arc<Runtime>, models: &Models)
     for route in &plugin.manifest.routes {
         let validator = match &route.request_schema {
             Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
-                anyhow::anyhow!("route `{} {}`: invalid request schema: {e}", route.method, route.path.raw)
+                anyhow::anyhow!(
+                    "route `{} {}`: invalid request schema: {e}",
+                    route.method,
+                    route.path.raw
+                )
             })?),
             None => None,
         };

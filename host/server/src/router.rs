@@ -69,7 +69,10 @@ impl Router {
             .iter()
             .any(|e| e.method == method && shape(&e.segments) == new_shape)
         {
-            return Err(format!("route `{method} {mount}{}` collides with an existing route", template.raw));
+            return Err(format!(
+                "route `{method} {mount}{}` collides with an existing route",
+                template.raw
+            ));
         }
         self.entries.push(Entry {
             method,
@@ -161,11 +164,16 @@ mod tests {
 
     fn router() -> Router {
         let mut r = Router::default();
-        r.add("/digits", Method::POST, &t("/classify"), target(0, 0)).unwrap();
-        r.add("/shop", Method::GET, &t("/items/{id}"), target(1, 0)).unwrap();
-        r.add("/shop", Method::GET, &t("/items/new"), target(1, 1)).unwrap();
-        r.add("/shop", Method::DELETE, &t("/items/{id}"), target(1, 2)).unwrap();
-        r.add("", Method::POST, &t("/v1/chat/completions"), target(2, 0)).unwrap();
+        r.add("/digits", Method::POST, &t("/classify"), target(0, 0))
+            .unwrap();
+        r.add("/shop", Method::GET, &t("/items/{id}"), target(1, 0))
+            .unwrap();
+        r.add("/shop", Method::GET, &t("/items/new"), target(1, 1))
+            .unwrap();
+        r.add("/shop", Method::DELETE, &t("/items/{id}"), target(1, 2))
+            .unwrap();
+        r.add("", Method::POST, &t("/v1/chat/completions"), target(2, 0))
+            .unwrap();
         r
     }
 
@@ -174,23 +182,43 @@ mod tests {
         let m = router().find(&Method::POST, "/digits/classify");
         assert_eq!(
             m,
-            Match::Found { target: target(0, 0), params: vec![], relative_path: "/classify".into() }
+            Match::Found {
+                target: target(0, 0),
+                params: vec![],
+                relative_path: "/classify".into()
+            }
         );
-        assert!(matches!(router().find(&Method::POST, "/v1/chat/completions"), Match::Found { target: Target { plugin: 2, .. }, .. }));
+        assert!(matches!(
+            router().find(&Method::POST, "/v1/chat/completions"),
+            Match::Found {
+                target: Target { plugin: 2, .. },
+                ..
+            }
+        ));
     }
 
     #[test]
     fn params_and_literal_precedence() {
         let r = router();
         match r.find(&Method::GET, "/shop/items/42") {
-            Match::Found { target: tg, params, relative_path } => {
+            Match::Found {
+                target: tg,
+                params,
+                relative_path,
+            } => {
                 assert_eq!(tg, target(1, 0));
                 assert_eq!(params, vec![("id".to_string(), "42".to_string())]);
                 assert_eq!(relative_path, "/items/42");
             }
             other => panic!("{other:?}"),
         }
-        assert!(matches!(r.find(&Method::GET, "/shop/items/new"), Match::Found { target: Target { route: 1, .. }, .. }));
+        assert!(matches!(
+            r.find(&Method::GET, "/shop/items/new"),
+            Match::Found {
+                target: Target { route: 1, .. },
+                ..
+            }
+        ));
         match r.find(&Method::GET, "/shop/items/a%20b") {
             Match::Found { params, .. } => assert_eq!(params[0].1, "a b"),
             other => panic!("{other:?}"),
@@ -202,17 +230,35 @@ mod tests {
         let r = router();
         assert_eq!(r.find(&Method::GET, "/nope"), Match::NotFound);
         assert_eq!(r.find(&Method::GET, "/digits"), Match::NotFound);
-        assert_eq!(r.find(&Method::GET, "/digits/classify/extra"), Match::NotFound);
-        assert_eq!(r.find(&Method::GET, "/digits/classify"), Match::MethodNotAllowed(vec![Method::POST]));
-        assert_eq!(r.find(&Method::PUT, "/shop/items/1"), Match::MethodNotAllowed(vec![Method::GET, Method::DELETE]));
+        assert_eq!(
+            r.find(&Method::GET, "/digits/classify/extra"),
+            Match::NotFound
+        );
+        assert_eq!(
+            r.find(&Method::GET, "/digits/classify"),
+            Match::MethodNotAllowed(vec![Method::POST])
+        );
+        assert_eq!(
+            r.find(&Method::PUT, "/shop/items/1"),
+            Match::MethodNotAllowed(vec![Method::GET, Method::DELETE])
+        );
     }
 
     #[test]
     fn collisions_are_rejected() {
         let mut r = router();
-        assert!(r.add("/shop", Method::GET, &t("/items/{other}"), target(3, 0)).is_err());
-        assert!(r.add("/", Method::POST, &t("/digits/classify"), target(3, 0)).is_err());
-        assert!(r.add("/shop", Method::POST, &t("/items/{id}"), target(3, 0)).is_ok());
+        assert!(
+            r.add("/shop", Method::GET, &t("/items/{other}"), target(3, 0))
+                .is_err()
+        );
+        assert!(
+            r.add("/", Method::POST, &t("/digits/classify"), target(3, 0))
+                .is_err()
+        );
+        assert!(
+            r.add("/shop", Method::POST, &t("/items/{id}"), target(3, 0))
+                .is_ok()
+        );
     }
 
     #[test]
