@@ -13,8 +13,12 @@ export ORT_DYLIB_PATH
 serve: setup
 	cargo run --release -p infergate -- serve
 
+HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
+
 test: setup
 	cargo test --release --workspace
+	cargo test --release --manifest-path plugins/Cargo.toml --workspace \
+		--target $(HOST_TARGET) --target-dir target/wasm
 
 setup: models
 	rustup target add wasm32-wasip2
