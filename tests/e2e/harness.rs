@@ -167,6 +167,7 @@ concurrency = 2
 name = "all-minilm-l6-v2"
 path = "{minilm}"
 concurrency = 2
+max_batch = 64
 
 [[plugins]]
 name = "digits"

@@ -89,6 +89,9 @@ pub struct ModelSpec {
     pub queue_depth: usize,
     /// The longest a caller waits for a result, queueing included.
     pub timeout: Duration,
+    /// The largest leading (batch) dimension any input may have; bounds the memory one compute
+    /// can make the host allocate. `None`: no limit beyond the model's own shapes.
+    pub max_batch: Option<u32>,
 }
 
 /// Settings shared by all backends.
@@ -273,6 +276,17 @@ impl Model {
         ctx: &Context,
         inputs: Vec<NamedTensor>,
     ) -> Result<Computed, NnError> {
+        if let Some(max) = self.spec.max_batch {
+            if let Some(t) = inputs
+                .iter()
+                .find(|t| t.tensor.dimensions.first().is_some_and(|&b| b > max))
+            {
+                return Err(NnError::InvalidInput(format!(
+                    "input `{}`: batch of {} exceeds model `{}`'s max_batch of {max}",
+                    t.name, t.tensor.dimensions[0], self.spec.name
+                )));
+            }
+        }
         let inner = ctx.inner.clone();
         self.scheduler
             .run(&self.spec.name, self.spec.timeout, move || {

@@ -39,6 +39,7 @@ fn spec(name: &str, path: PathBuf, backend: BackendKind, concurrency: usize) -> 
         concurrency,
         queue_depth: 8,
         timeout: Duration::from_secs(60),
+        max_batch: None,
     }
 }
 
@@ -273,6 +274,25 @@ async fn tract_runs_minilm_on_int64_inputs_of_any_length() {
             assert!(cos > 0.999, "{}: cos {cos}", sentence["text"]);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_over_max_batch_are_refused_before_any_compute() {
+    let mut s = spec("digits", digits_path(), BackendKind::Tract, 1);
+    s.max_batch = Some(4);
+    let model = load_one(s, &BackendOptions::default());
+    assert!(
+        compute(&model, vec![f32s("pixels", &[4, 64], &[0.0; 256])])
+            .await
+            .is_ok()
+    );
+    let msg = invalid(compute(&model, vec![f32s("pixels", &[5, 64], &[0.0; 320])]).await);
+    assert!(msg.contains("max_batch of 4"), "{msg}");
+    assert_eq!(
+        model.stats().completed,
+        1,
+        "the refused batch never reached the backend"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -87,6 +87,8 @@ pub struct ModelConfig {
     /// Longest an inference may take, queue wait included, in milliseconds.
     #[serde(default = "default_model_timeout_ms")]
     pub timeout_ms: u64,
+    /// Largest leading (batch) dimension of any input; bounds the memory one inference can take.
+    pub max_batch: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -245,6 +247,7 @@ impl Config {
                 concurrency: m.concurrency,
                 queue_depth: m.queue_depth,
                 timeout: Duration::from_millis(m.timeout_ms),
+                max_batch: m.max_batch,
             })
             .collect()
     }

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use wasmtime_wasi_nn::Graph;
-use wasmtime_wasi_nn::backend::{BackendError, Id, NamedTensor};
+use wasmtime_wasi_nn::backend::{BackendError, BackendExecutionContext, Id, NamedTensor};
 use wasmtime_wasi_nn::wit::TensorType;
 
 use crate::{BackendKind, BackendOptions, ModelSpec, Tensor};
@@ -232,10 +232,62 @@ fn check_tensor<'a>(
     Ok(dims.iter().map(|&d| d as usize).collect())
 }
 
-/// The state behind wasi-nn's older call style (set-input, compute, get-output) that both
-/// backends keep in their execution contexts.
+/// A loaded model as the shared execution context sees it: each backend implements this once.
+pub(crate) trait RunModel: Send + Sync + 'static {
+    /// The engine's name in error messages.
+    const NAME: &'static str;
+    /// The model's declared inputs, for wasi-nn's set-input by index.
+    fn inputs(&self) -> &[TensorSig];
+    /// Validates the guest's tensors and runs the model once.
+    fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, BackendError>;
+}
+
+/// The execution context of every backend: a shared model plus the slots of wasi-nn's older
+/// call style (set-input, compute, get-output). Every run is guarded against panics.
+pub(crate) struct RunContext<M> {
+    model: std::sync::Arc<M>,
+    io: IoSlots,
+}
+
+impl<M: RunModel> RunContext<M> {
+    pub fn boxed(model: std::sync::Arc<M>) -> wasmtime_wasi_nn::ExecutionContext {
+        let ctx: Box<dyn BackendExecutionContext> = Box::new(Self {
+            model,
+            io: IoSlots::default(),
+        });
+        ctx.into()
+    }
+}
+
+impl<M: RunModel> BackendExecutionContext for RunContext<M> {
+    fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
+        self.io.set_input(self.model.inputs(), id, tensor)
+    }
+
+    fn get_output(&mut self, id: Id) -> Result<Tensor, BackendError> {
+        self.io.get_output(id)
+    }
+
+    fn compute(
+        &mut self,
+        inputs: Option<Vec<NamedTensor>>,
+    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
+        let model = &self.model;
+        match inputs {
+            Some(inputs) => guarded(M::NAME, || model.run(inputs)).map(Some),
+            None => {
+                let inputs = self.io.take_inputs();
+                let outputs = guarded(M::NAME, || model.run(inputs))?;
+                self.io.set_outputs(outputs);
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The state behind wasi-nn's older call style (set-input, compute, get-output).
 #[derive(Default)]
-pub(crate) struct IoSlots {
+struct IoSlots {
     inputs: Vec<NamedTensor>,
     outputs: Vec<NamedTensor>,
 }
@@ -282,7 +334,7 @@ impl IoSlots {
 }
 
 /// Runs a backend call, turning a panic into a backend error.
-pub(crate) fn guarded<T>(
+fn guarded<T>(
     engine: &str,
     f: impl FnOnce() -> Result<T, BackendError>,
 ) -> Result<T, BackendError> {

@@ -18,13 +18,11 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::tensor::{PrimitiveTensorElementType, TensorElementType};
 use ort::value::{DynValue, Tensor as OrtTensor, ValueType};
 use tract_onnx::prelude::f16;
-use wasmtime_wasi_nn::backend::{
-    BackendError, BackendExecutionContext, BackendGraph, Id, NamedTensor,
-};
+use wasmtime_wasi_nn::backend::{BackendError, BackendGraph, NamedTensor};
 use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
-use super::{Dim, IoSlots, Loaded, TensorSig, backend_failure, guarded, output_dims, validate};
+use super::{Dim, Loaded, RunContext, RunModel, TensorSig, backend_failure, output_dims, validate};
 use crate::{BackendOptions, ModelSpec, Target, Tensor};
 
 pub(crate) const ENGINE: &str = "ort 2.0.0-rc.10 (ONNX Runtime >= 1.22, loaded at run time)";
@@ -343,7 +341,13 @@ fn from_value(name: &str, value: &DynValue) -> Result<NamedTensor, BackendError>
     }
 }
 
-impl OrtModel {
+impl RunModel for OrtModel {
+    const NAME: &'static str = "onnxruntime";
+
+    fn inputs(&self) -> &[TensorSig] {
+        &self.inputs
+    }
+
     fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, BackendError> {
         let (feeds, shapes) = validate(&self.inputs, &inputs)?;
         let mut values = Vec::with_capacity(feeds.len());
@@ -362,7 +366,9 @@ impl OrtModel {
             })
             .collect()
     }
+}
 
+impl OrtModel {
     /// A free session, or (all busy, which the scheduler prevents) the next one in turn.
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
         let n = self.sessions.len();
@@ -380,42 +386,7 @@ impl OrtModel {
 
 impl BackendGraph for OrtGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let ctx: Box<dyn BackendExecutionContext> = Box::new(OrtContext {
-            model: self.0.clone(),
-            io: IoSlots::default(),
-        });
-        Ok(ctx.into())
-    }
-}
-
-struct OrtContext {
-    model: Arc<OrtModel>,
-    io: IoSlots,
-}
-
-impl BackendExecutionContext for OrtContext {
-    fn set_input(&mut self, id: Id, tensor: &Tensor) -> Result<(), BackendError> {
-        self.io.set_input(&self.model.inputs, id, tensor)
-    }
-
-    fn get_output(&mut self, id: Id) -> Result<Tensor, BackendError> {
-        self.io.get_output(id)
-    }
-
-    fn compute(
-        &mut self,
-        inputs: Option<Vec<NamedTensor>>,
-    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        let model = &self.model;
-        match inputs {
-            Some(inputs) => guarded("onnxruntime", || model.run(inputs)).map(Some),
-            None => {
-                let inputs = self.io.take_inputs();
-                let outputs = guarded("onnxruntime", || model.run(inputs))?;
-                self.io.set_outputs(outputs);
-                Ok(None)
-            }
-        }
+        Ok(RunContext::boxed(self.0.clone()))
     }
 }
 

@@ -14,14 +14,14 @@ use anyhow::Context as _;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use wasmtime_wasi_nn::backend::{
-    BackendError, BackendExecutionContext, BackendFromDir, BackendGraph, BackendInner, Id,
-    NamedTensor,
+    BackendError, BackendFromDir, BackendGraph, BackendInner, NamedTensor,
 };
 use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
 use super::{
-    Dim, IoSlots, Loaded, TensorSig, backend_failure, guarded, guest_fault, output_dims, validate,
+    Dim, Loaded, RunContext, RunModel, TensorSig, backend_failure, guest_fault, output_dims,
+    validate,
 };
 use crate::Target;
 
@@ -228,29 +228,6 @@ impl TractModel {
         cache.push_back((shapes.to_vec(), plan.clone()));
         Ok(plan)
     }
-
-    fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, BackendError> {
-        let (feeds, shapes) = validate(&self.inputs, &inputs)?;
-        let mut values: TVec<TValue> = TVec::with_capacity(feeds.len());
-        for ((&i, shape), &dt) in feeds.iter().zip(&shapes).zip(&self.input_types) {
-            // SAFETY: only plain numeric datum types reach here (`wasi_type` maps no others),
-            // and `validate` checked that the byte length matches the shape.
-            let tensor = unsafe {
-                tract_onnx::prelude::Tensor::from_raw_dt(dt, shape, &inputs[i].tensor.data)
-            }
-            .map_err(|e| guest_fault(format!("input `{}`: {e:#}", inputs[i].name)))?;
-            values.push(tensor.into_tvalue());
-        }
-        let plan = self.plan_for(&shapes)?;
-        let results = plan
-            .run(values)
-            .map_err(|e| backend_failure(format!("tract: {e:#}")))?;
-        results
-            .into_iter()
-            .zip(&self.outputs)
-            .map(|(value, name)| to_wasi(name, value.into_tensor()))
-            .collect()
-    }
 }
 
 /// The wasi-nn type of a tract datum type the guest can feed.
@@ -297,44 +274,40 @@ fn to_wasi(name: &str, tensor: tract_onnx::prelude::Tensor) -> Result<NamedTenso
     })
 }
 
+impl RunModel for TractModel {
+    const NAME: &'static str = "tract";
+
+    fn inputs(&self) -> &[TensorSig] {
+        &self.inputs
+    }
+
+    fn run(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, BackendError> {
+        let (feeds, shapes) = validate(&self.inputs, &inputs)?;
+        let mut values: TVec<TValue> = TVec::with_capacity(feeds.len());
+        for ((&i, shape), &dt) in feeds.iter().zip(&shapes).zip(&self.input_types) {
+            // SAFETY: only plain numeric datum types reach here (`wasi_type` maps no others),
+            // and `validate` checked that the byte length matches the shape.
+            let tensor = unsafe {
+                tract_onnx::prelude::Tensor::from_raw_dt(dt, shape, &inputs[i].tensor.data)
+            }
+            .map_err(|e| guest_fault(format!("input `{}`: {e:#}", inputs[i].name)))?;
+            values.push(tensor.into_tvalue());
+        }
+        let plan = self.plan_for(&shapes)?;
+        let results = plan
+            .run(values)
+            .map_err(|e| backend_failure(format!("tract: {e:#}")))?;
+        results
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(value, name)| to_wasi(name, value.into_tensor()))
+            .collect()
+    }
+}
+
 impl BackendGraph for TractGraph {
     fn init_execution_context(&self) -> Result<ExecutionContext, BackendError> {
-        let ctx: Box<dyn BackendExecutionContext> = Box::new(TractContext {
-            model: self.0.clone(),
-            io: IoSlots::default(),
-        });
-        Ok(ctx.into())
-    }
-}
-
-struct TractContext {
-    model: Arc<TractModel>,
-    io: IoSlots,
-}
-
-impl BackendExecutionContext for TractContext {
-    fn set_input(&mut self, id: Id, tensor: &crate::Tensor) -> Result<(), BackendError> {
-        self.io.set_input(&self.model.inputs, id, tensor)
-    }
-
-    fn get_output(&mut self, id: Id) -> Result<crate::Tensor, BackendError> {
-        self.io.get_output(id)
-    }
-
-    fn compute(
-        &mut self,
-        inputs: Option<Vec<NamedTensor>>,
-    ) -> Result<Option<Vec<NamedTensor>>, BackendError> {
-        let model = &self.model;
-        match inputs {
-            Some(inputs) => guarded("tract", || model.run(inputs)).map(Some),
-            None => {
-                let inputs = self.io.take_inputs();
-                let outputs = guarded("tract", || model.run(inputs))?;
-                self.io.set_outputs(outputs);
-                Ok(None)
-            }
-        }
+        Ok(RunContext::boxed(self.0.clone()))
     }
 }
 
