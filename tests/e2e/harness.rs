@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub const API_KEY: &str = "test-key-0123456789abcdef";
+pub const ADMIN_KEY: &str = "admin-key-0123456789abcdef";
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -46,6 +47,7 @@ impl Host {
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .env("INFERGATE_API_KEY", API_KEY)
+            .env("INFERGATE_ADMIN_KEY", ADMIN_KEY)
             .env("INFERGATE_LOG", "info,infergate_runtime=warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -206,10 +208,19 @@ max_response_bytes = 1048576
 
 /// An HTTP client with the test API key.
 pub fn client() -> reqwest::Client {
+    client_with(API_KEY)
+}
+
+/// An HTTP client with the admin key.
+pub fn admin() -> reqwest::Client {
+    client_with(ADMIN_KEY)
+}
+
+fn client_with(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
-        format!("Bearer {API_KEY}").parse().unwrap(),
+        format!("Bearer {key}").parse().unwrap(),
     );
     reqwest::Client::builder()
         .default_headers(headers)

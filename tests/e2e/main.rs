@@ -5,5 +5,6 @@ mod harness;
 
 mod http_basics;
 mod models;
+mod reload;
 mod sandbox;
 mod scheduling;

@@ -28,5 +28,6 @@ pub mod state;
 pub use engine::{Runtime, RuntimeOptions};
 pub use limits::Limits;
 pub use manifest::{Manifest, Route};
+pub use nn_host::ModelTable;
 pub use plugin::{InvokeError, Plugin, PluginRequest, PluginResponse, PluginSpec};
 pub use state::{RequestContext, Usage};

@@ -6,10 +6,11 @@
 //! call with a [`HostAbort`] so the client gets `queue_full` / `inference_timeout` however the
 //! plugin handles errors. Loading raw model bytes is refused: the operator owns the models.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use infergate_nn::{Context, Model, NnError};
+use arc_swap::ArcSwap;
+use infergate_nn::{Context, Model, Models, NnError};
 use tracing::Instrument;
 use wasmtime::component::{HasSelf, Linker, Resource};
 use wasmtime_wasi_nn::backend::NamedTensor;
@@ -17,16 +18,77 @@ use wasmtime_wasi_nn::backend::NamedTensor;
 use crate::bindings::wit_nn::{errors, graph, inference, tensor};
 use crate::state::{HostAbort, PluginState};
 
-/// The models a plugin may open. Built once per plugin load; shared by its stores.
+/// The host's models by name. Replacing one affects new `load-by-name` calls only: graphs a
+/// plugin already opened keep the model they opened until the plugin drops them.
+#[derive(Clone, Default)]
+pub struct ModelTable(Arc<ArcSwap<HashMap<String, Arc<Model>>>>);
+
+impl ModelTable {
+    pub fn new(models: &Models) -> Self {
+        let map = models
+            .names()
+            .filter_map(|n| Some((n.to_string(), models.get(n)?)))
+            .collect();
+        Self(Arc::new(ArcSwap::from_pointee(map)))
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Model>> {
+        self.0.load().get(name).cloned()
+    }
+
+    /// Every model, in name order.
+    pub fn all(&self) -> Vec<(String, Arc<Model>)> {
+        let mut all: Vec<_> = self
+            .0
+            .load()
+            .iter()
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Adds or replaces a model.
+    pub fn insert(&self, model: Arc<Model>) {
+        self.0.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            map.insert(model.spec().name.clone(), model.clone());
+            map
+        });
+    }
+
+    /// Removes a model; true if it was there.
+    pub fn remove(&self, name: &str) -> bool {
+        let mut removed = false;
+        self.0.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            removed = map.remove(name).is_some();
+            map
+        });
+        removed
+    }
+}
+
+/// The models one plugin may open: its grants, looked up in the host's table at call time.
 #[derive(Clone, Default)]
 pub struct NnState {
-    granted: Arc<HashMap<String, Arc<Model>>>,
+    grants: Arc<BTreeSet<String>>,
+    models: ModelTable,
 }
 
 impl NnState {
-    pub fn new(granted: HashMap<String, Arc<Model>>) -> Self {
+    pub fn new(grants: impl IntoIterator<Item = String>, models: ModelTable) -> Self {
         Self {
-            granted: Arc::new(granted),
+            grants: Arc::new(grants.into_iter().collect()),
+            models,
+        }
+    }
+
+    fn open(&self, name: &str) -> Option<Arc<Model>> {
+        if self.grants.contains(name) {
+            self.models.get(name)
+        } else {
+            None
         }
     }
 }
@@ -131,11 +193,8 @@ impl graph::Host for PluginState {
     }
 
     fn load_by_name(&mut self, name: String) -> NnResult<Resource<GraphHandle>> {
-        match self.nn.granted.get(&name) {
-            Some(model) => {
-                let model = model.clone();
-                Ok(Ok(self.table.push(GraphHandle { model })?))
-            }
+        match self.nn.open(&name) {
+            Some(model) => Ok(Ok(self.table.push(GraphHandle { model })?)),
             None => self.nn_error(
                 errors::ErrorCode::NotFound,
                 format!("model `{name}` is not available to this plugin"),

@@ -6,14 +6,12 @@
 //! hands the request to `wasi:http/incoming-handler`, and collects the response within the
 //! plugin's wall-clock and size limits. Every way a plugin can fail maps to one [`InvokeError`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
 use http_body_util::{BodyExt, Full};
-use infergate_nn::Models;
 use tokio::sync::Semaphore;
 use wasmtime::Store;
 use wasmtime_wasi_http::WasiHttpView;
@@ -23,7 +21,7 @@ use crate::bindings::{Plugin as PluginWorld, PluginPre};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::limits::{Limits, configure_store};
 use crate::manifest::Manifest;
-use crate::nn_host::NnState;
+use crate::nn_host::{ModelTable, NnState};
 use crate::state::{HostAbort, PluginState, RequestContext, Usage};
 
 /// What the operator declared about one plugin.
@@ -100,7 +98,7 @@ impl Runtime {
     pub async fn load_plugin(
         self: &Arc<Self>,
         spec: PluginSpec,
-        models: &Models,
+        models: &ModelTable,
     ) -> anyhow::Result<Plugin> {
         spec.limits.validate().map_err(anyhow::Error::msg)?;
         let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&spec.wasm));
@@ -115,14 +113,12 @@ impl Runtime {
             anyhow::anyhow!("the component does not export the plugin world: {e:#}")
         })?;
 
-        let mut granted = HashMap::new();
         for name in &spec.models {
-            let model = models
-                .get(name)
-                .ok_or_else(|| anyhow::anyhow!("granted model `{name}` is not declared"))?;
-            granted.insert(name.clone(), model);
+            if models.get(name).is_none() {
+                anyhow::bail!("granted model `{name}` is not loaded on this host");
+            }
         }
-        let nn = NnState::new(granted);
+        let nn = NnState::new(spec.models.iter().cloned(), models.clone());
 
         let manifest = read_manifest(&pre, &spec.limits, nn.clone()).await?;
         for wanted in &manifest.models {

@@ -53,7 +53,8 @@ fn digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
+/// The credential a request presents in `X-API-Key` or `Authorization: Bearer`.
+pub fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
     if let Some(value) = headers.get("x-api-key") {
         return value
             .to_str()

@@ -34,6 +34,11 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    /// A directory watched for plugins: `NAME.wasm`, with optional settings in `NAME.toml`
+    /// (the keys of a `[[plugins]]` entry other than `name`, `path` and `builtin`).
+    pub plugins_dir: Option<PathBuf>,
+    #[serde(default)]
     pub onnxruntime: OrtConfig,
     #[serde(default)]
     pub models: Vec<ModelConfig>,
@@ -62,6 +67,27 @@ pub struct ApiKeyConfig {
     pub scopes: Vec<String>,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin credential; else `INFERGATE_ADMIN_KEY`. Without one the admin API is off.
+    pub key: Option<String>,
+    /// Largest plugin upload accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// Earlier versions kept per plugin for rollback.
+    pub versions_kept: usize,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            max_upload_bytes: 64 << 20,
+            versions_kept: 5,
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrtConfig {
@@ -69,7 +95,7 @@ pub struct OrtConfig {
     pub library: Option<PathBuf>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub name: String,
@@ -107,6 +133,38 @@ pub struct PluginConfig {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+}
+
+/// How a plugin is served, whatever brought it in (config, watched directory, admin API).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSettings {
+    /// Path prefix of its routes; default `/{name}`; `/` for the root.
+    pub mount: Option<String>,
+    /// Models it may open.
+    #[serde(default)]
+    pub models: Vec<String>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl PluginSettings {
+    /// Checks what can be checked without loading; errors name the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(mount) = &self.mount {
+            anyhow::ensure!(
+                mount.starts_with('/') && !mount.contains(['{', '}', '?', '#']),
+                "mount must be a plain path starting with `/`"
+            );
+        }
+        self.limits.validate().map_err(anyhow::Error::msg)
+    }
+
+    /// The path prefix for a plugin called `name`, without a trailing slash ("" for root).
+    pub fn mount_for(&self, name: &str) -> String {
+        let mount = self.mount.clone().unwrap_or_else(|| format!("/{name}"));
+        mount.trim_end_matches('/').to_string()
+    }
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +230,9 @@ impl Config {
         if let Some(p) = self.onnxruntime.library.as_mut() {
             resolve(p)
         }
+        if let Some(p) = self.plugins_dir.as_mut() {
+            resolve(p)
+        }
     }
 
     /// Checks everything that can be checked without loading anything.
@@ -210,21 +271,15 @@ impl Config {
                 ),
                 _ => anyhow::bail!("{at}: give exactly one of `path` or `builtin`"),
             }
-            if let Some(mount) = &p.mount {
-                anyhow::ensure!(
-                    mount.starts_with('/') && !mount.contains(['{', '}', '?', '#']),
-                    "{at}: mount must be a plain path starting with `/`"
-                );
-            }
+            p.settings()
+                .validate()
+                .map_err(|e| anyhow::anyhow!("{at}: {e:#}"))?;
             for model in &p.models {
                 anyhow::ensure!(
                     names.contains(model),
                     "{at}: models: `{model}` is not declared in [[models]]"
                 );
             }
-            p.limits
-                .validate()
-                .map_err(|e| anyhow::anyhow!("{at}: {e}"))?;
         }
         for (i, k) in self.auth.api_keys.iter().enumerate() {
             anyhow::ensure!(
@@ -237,30 +292,65 @@ impl Config {
     }
 
     pub fn model_specs(&self) -> Vec<ModelSpec> {
-        self.models
-            .iter()
-            .map(|m| ModelSpec {
-                name: m.name.clone(),
-                path: m.path.clone(),
-                backend: m.backend,
-                target: m.target,
-                concurrency: m.concurrency,
-                queue_depth: m.queue_depth,
-                timeout: Duration::from_millis(m.timeout_ms),
-                max_batch: m.max_batch,
-            })
-            .collect()
+        self.models.iter().map(ModelConfig::spec).collect()
+    }
+}
+
+impl ModelConfig {
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            backend: self.backend,
+            target: self.target,
+            concurrency: self.concurrency,
+            queue_depth: self.queue_depth,
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_batch: self.max_batch,
+        }
+    }
+}
+
+/// A model as the admin API takes it (`PUT /admin/models/{name}`): a model entry without `name`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelUpload {
+    pub path: PathBuf,
+    #[serde(default = "default_backend")]
+    pub backend: BackendKind,
+    #[serde(default = "default_target")]
+    pub target: Target,
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    #[serde(default = "default_queue_depth")]
+    pub queue_depth: usize,
+    #[serde(default = "default_model_timeout_ms")]
+    pub timeout_ms: u64,
+    pub max_batch: Option<u32>,
+}
+
+impl ModelUpload {
+    pub fn named(self, name: &str) -> ModelConfig {
+        ModelConfig {
+            name: name.to_string(),
+            path: self.path,
+            backend: self.backend,
+            target: self.target,
+            concurrency: self.concurrency,
+            queue_depth: self.queue_depth,
+            timeout_ms: self.timeout_ms,
+            max_batch: self.max_batch,
+        }
     }
 }
 
 impl PluginConfig {
-    /// The path prefix the plugin's routes live under, without a trailing slash ("" for root).
-    pub fn mount(&self) -> String {
-        let mount = self
-            .mount
-            .clone()
-            .unwrap_or_else(|| format!("/{}", self.name));
-        mount.trim_end_matches('/').to_string()
+    pub fn settings(&self) -> PluginSettings {
+        PluginSettings {
+            mount: self.mount.clone(),
+            models: self.models.clone(),
+            limits: self.limits.clone(),
+        }
     }
 }
 
@@ -330,8 +420,8 @@ mod tests {
     #[test]
     fn mounts() {
         let mut c = parse("[[plugins]]\nname = \"a\"\nbuiltin = \"hello\"").unwrap();
-        assert_eq!(c.plugins[0].mount(), "/a");
+        assert_eq!(c.plugins[0].settings().mount_for("a"), "/a");
         c.plugins[0].mount = Some("/".into());
-        assert_eq!(c.plugins[0].mount(), "");
+        assert_eq!(c.plugins[0].settings().mount_for("a"), "");
     }
 }

@@ -26,10 +26,15 @@ use crate::router::Match;
 pub struct AppState {
     pub registry: Registry,
     pub keys: KeyStore,
+    /// The admin credential; `None` turns the admin API off.
+    pub admin: Option<crate::admin::AdminKey>,
+    /// Largest plugin upload through the admin API.
+    pub max_upload_bytes: usize,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
+        .merge(crate::admin::routes(state.max_upload_bytes))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))

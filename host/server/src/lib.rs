@@ -4,16 +4,20 @@
 //! Layout (each module says in its first lines what it owns):
 //! - [`config`]: the operator's TOML configuration and the embedded default.
 //! - [`http`]: the HTTP surface — built-in endpoints, request ids, the dispatch pipeline.
+//! - [`admin`]: the operator API under `/admin` (plugins and models).
 //! - [`error`]: the one error type and JSON error shape.
 //! - [`auth`]: who is calling (API keys for now).
 //! - [`router`]: the pure route table built from plugin manifests.
-//! - [`registry`]: loading plugins into an immutable snapshot, swapped atomically.
+//! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
+//!   requests are served from, swapped atomically.
+//! - [`watch`]: the watched plugins directory.
 //! - [`openapi`]: the OpenAPI document derived from manifests, and the `/docs` page.
 //! - [`builtin`]: first-party plugins compiled into the binary.
 //!
 //! The sandbox itself lives in `infergate-runtime`; models and their backends in `infergate-nn`.
 //! [`run`] is the entry point: the binary only parses arguments.
 
+pub mod admin;
 pub mod auth;
 pub mod builtin;
 pub mod config;
@@ -22,6 +26,7 @@ pub mod http;
 pub mod openapi;
 pub mod registry;
 pub mod router;
+pub mod watch;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -29,37 +34,41 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use infergate_nn::{BackendOptions, Models};
-use infergate_runtime::{Runtime, RuntimeOptions};
+use infergate_runtime::{ModelTable, Runtime, RuntimeOptions};
 use tokio::net::TcpListener;
 
 use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::http::AppState;
-use crate::registry::Registry;
+use crate::registry::{Registry, Source};
 
 /// Serves `config` on `listener` until `shutdown` resolves; in-flight requests then finish.
 ///
 /// The socket answers at once (`/healthz`; `/readyz` says 503 until ready) while models and
-/// plugins load in the background. A load failure ends `run` with that error.
+/// plugins load in the background. A start-up load failure ends `run` with that error.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     keys: KeyStore,
+    admin_key: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = Arc::new(AppState {
         registry: Registry::default(),
         keys,
+        admin: admin_key.map(|k| admin::AdminKey::new(&k)),
+        max_upload_bytes: config.admin.max_upload_bytes,
     });
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
     tokio::spawn(async move {
-        match load(&config).await {
-            Ok((snapshot, runtime, models)) => {
-                loader_state.registry.publish(snapshot);
+        match start(&config, &loader_state.registry).await {
+            Ok(watcher) => {
+                loader_state.registry.set_ready();
                 tracing::info!("ready");
-                // The runtime and models live as long as the server.
-                std::mem::forget((runtime, models));
+                if let Some(watcher) = watcher {
+                    tokio::spawn(watcher.run(loader_state.clone()));
+                }
             }
             Err(e) => {
                 let _ = failed_tx.send(e);
@@ -67,19 +76,22 @@ pub async fn run(
         }
     });
 
-    let server = axum::serve(listener, crate::http::app(state)).with_graceful_shutdown(shutdown);
+    let app = crate::http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = server => result.context("serving HTTP"),
         Ok(error) = failed_rx => Err(error),
     }
 }
 
-async fn load(config: &Config) -> anyhow::Result<(registry::Snapshot, Arc<Runtime>, Models)> {
+/// Loads models, the runtime and every plugin of the config and of the watched directory.
+async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<watch::Watcher>> {
     let specs = config.model_specs();
-    let options = BackendOptions {
+    let backend_options = BackendOptions {
         ort_dylib: config.onnxruntime.library.clone(),
         ..Default::default()
     };
+    let options = backend_options.clone();
     let models = tokio::task::spawn_blocking(move || Models::load(&specs, &options))
         .await?
         .context("loading models")?;
@@ -92,8 +104,34 @@ async fn load(config: &Config) -> anyhow::Result<(registry::Snapshot, Arc<Runtim
         cache_dir: Some(config.cache_dir.clone().unwrap_or_else(default_cache_dir)),
         max_instances: config.max_instances,
     })?);
-    let snapshot = registry::load(config, &runtime, &models).await?;
-    Ok((snapshot, runtime, models))
+    registry
+        .init(
+            runtime,
+            ModelTable::new(&models),
+            backend_options,
+            config.admin.versions_kept,
+        )
+        .await;
+    for pc in &config.plugins {
+        let wasm: Arc<[u8]> = match (&pc.path, &pc.builtin) {
+            (Some(path), _) => std::fs::read(path)
+                .with_context(|| format!("reading plugin `{}` from {}", pc.name, path.display()))?
+                .into(),
+            (None, Some(name)) => crate::builtin::wasm(name)
+                .with_context(|| format!("no builtin plugin `{name}`"))?
+                .into(),
+            (None, None) => anyhow::bail!("plugin `{}` has no `path` or `builtin`", pc.name),
+        };
+        registry
+            .deploy(&pc.name, wasm, pc.settings(), Source::Config)
+            .await
+            .with_context(|| format!("loading plugin `{}`", pc.name))?;
+    }
+    let mut watcher = config.plugins_dir.clone().map(watch::Watcher::new);
+    if let Some(w) = watcher.as_mut() {
+        w.initial_scan(registry).await;
+    }
+    Ok(watcher)
 }
 
 fn default_cache_dir() -> PathBuf {

@@ -64,7 +64,15 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("infergate listening on http://{addr}");
-    infergate::run(listener, config, keys, shutdown_signal()).await
+    let admin_key = config.admin.key.clone().or_else(|| {
+        std::env::var("INFERGATE_ADMIN_KEY")
+            .ok()
+            .filter(|k| !k.is_empty())
+    });
+    if admin_key.is_none() {
+        tracing::info!("no admin key (INFERGATE_ADMIN_KEY or [admin] key): the admin API is off");
+    }
+    infergate::run(listener, config, keys, admin_key, shutdown_signal()).await
 }
 
 /// Keys from the config, plus `INFERGATE_API_KEY` for tenant `default` (generated and printed

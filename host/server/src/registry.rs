@@ -1,26 +1,48 @@
-//! The registry: an immutable snapshot of loaded plugins and their route table, swapped
-//! atomically. Requests take the snapshot current when they start and keep it to the end.
-//! Loading and validation happen here, off the request path; nothing else builds snapshots.
+//! The registry: what is deployed, and the immutable snapshot requests are served from.
+//!
+//! A snapshot (plugins + route table) is swapped atomically; a request takes the snapshot
+//! current when it starts and keeps it to the end, so it finishes on the version it started on,
+//! and an old version is dropped when its last request is done. Every change — deploy,
+//! replace, remove, rollback, model load or unload — goes through this module, one at a time:
+//! the new version is compiled and validated off the request path (it instantiates, its
+//! manifest parses, its routes do not collide, its models are granted and loaded) and only then
+//! published. A change that fails leaves the previous snapshot serving.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::SystemTime;
 
-use anyhow::Context as _;
 use arc_swap::ArcSwapOption;
-use infergate_nn::Models;
-use infergate_runtime::{Plugin, PluginSpec, Runtime};
+use infergate_nn::{BackendOptions, Models};
+use infergate_runtime::manifest::valid_plugin_name;
+use infergate_runtime::{ModelTable, Plugin, PluginSpec, Runtime};
+use serde::Serialize;
 
-use crate::config::{Config, PluginConfig};
+use crate::config::{ModelConfig, PluginSettings};
 use crate::router::{Router, Target};
 
-/// A plugin as served: the runtime's plugin plus what the HTTP side derived from its manifest.
+/// How a plugin came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Config,
+    Directory,
+    Api,
+}
+
+/// One deployed version of a plugin, with what the HTTP side derived from its manifest.
 pub struct Mounted {
     /// The operator's name for the plugin.
     pub name: String,
     /// Path prefix of its routes ("" for root).
     pub mount: String,
+    pub settings: PluginSettings,
     pub plugin: Plugin,
     /// Compiled request-body validators, one per manifest route (None: no schema).
     pub validators: Vec<Option<jsonschema::Validator>>,
+    pub source: Source,
+    pub deployed_at: SystemTime,
 }
 
 /// Everything a request needs to find and run its plugin.
@@ -29,34 +51,399 @@ pub struct Snapshot {
     pub router: Router,
 }
 
+/// Why a change was refused; the previous state keeps serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the host is still starting")]
+    NotReady,
+}
+
+/// What an operator sees of a plugin.
+#[derive(Debug, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    /// `serving`, or `failed` when its only deploy failed.
+    pub status: &'static str,
+    pub mount: Option<String>,
+    pub version: Option<String>,
+    pub digest: Option<String>,
+    pub source: Option<Source>,
+    pub deployed_at_unix: Option<u64>,
+    pub routes: Vec<String>,
+    /// Earlier versions kept for rollback, newest first (digests).
+    pub previous: Vec<String>,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: String,
+    pub backend: String,
+    pub concurrency: usize,
+    pub queue_depth: usize,
+    pub timeout_ms: u64,
+    pub stats: serde_json::Value,
+}
+
 #[derive(Default)]
 pub struct Registry {
     current: ArcSwapOption<Snapshot>,
+    ready: AtomicBool,
+    state: tokio::sync::Mutex<Option<State>>,
+}
+
+/// What changes serialise over.
+struct State {
+    runtime: Arc<Runtime>,
+    models: ModelTable,
+    backend_options: BackendOptions,
+    versions_kept: usize,
+    plugins: BTreeMap<String, Entry>,
+}
+
+#[derive(Default)]
+struct Entry {
+    /// Current version first; earlier ones after it, for rollback.
+    versions: VecDeque<Arc<Mounted>>,
+    last_error: Option<String>,
 }
 
 impl Registry {
-    /// The snapshot to serve a request with; `None` while the host is still loading.
+    /// The snapshot to serve a request with; `None` until the host is ready.
     pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.current.load_full()
+        if self.ready.load(Ordering::Acquire) {
+            self.current.load_full()
+        } else {
+            None
+        }
     }
 
-    pub fn publish(&self, snapshot: Snapshot) {
+    /// Hands the registry what it needs to make changes; the host is not ready yet.
+    pub async fn init(
+        &self,
+        runtime: Arc<Runtime>,
+        models: ModelTable,
+        backend_options: BackendOptions,
+        versions_kept: usize,
+    ) {
+        self.current.store(Some(Arc::new(Snapshot {
+            plugins: Vec::new(),
+            router: Router::default(),
+        })));
+        *self.state.lock().await = Some(State {
+            runtime,
+            models,
+            backend_options,
+            versions_kept,
+            plugins: BTreeMap::new(),
+        });
+    }
+
+    /// Opens the host to requests: everything loaded at start-up is in.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Deploys a new plugin or a new version of one.
+    pub async fn deploy(
+        &self,
+        name: &str,
+        wasm: Arc<[u8]>,
+        settings: PluginSettings,
+        source: Source,
+    ) -> Result<Arc<Mounted>, ChangeError> {
+        if !valid_plugin_name(name) {
+            return Err(ChangeError::Invalid(format!(
+                "plugin name `{name}` must be 1-64 characters of a-z, 0-9, `-` or `_`"
+            )));
+        }
+        settings
+            .validate()
+            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let result = self
+            .deploy_locked(state, name, wasm, settings, source)
+            .await;
+        // A failed first deploy stays listed as `failed`, with its error, for the operator.
+        let entry = state.plugins.entry(name.to_string()).or_default();
+        entry.last_error = result.as_ref().err().map(ToString::to_string);
+        result
+    }
+
+    async fn deploy_locked(
+        &self,
+        state: &mut State,
+        name: &str,
+        wasm: Arc<[u8]>,
+        settings: PluginSettings,
+        source: Source,
+    ) -> Result<Arc<Mounted>, ChangeError> {
+        let spec = PluginSpec {
+            wasm,
+            limits: settings.limits.clone(),
+            models: settings.models.clone(),
+        };
+        let plugin = state
+            .runtime
+            .load_plugin(spec, &state.models)
+            .await
+            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+        let mut validators = Vec::new();
+        for route in &plugin.manifest.routes {
+            let validator = match &route.request_schema {
+                Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                    ChangeError::Invalid(format!(
+                        "route `{} {}`: invalid request schema: {e}",
+                        route.method, route.path.raw
+                    ))
+                })?),
+                None => None,
+            };
+            validators.push(validator);
+        }
+        let mounted = Arc::new(Mounted {
+            name: name.to_string(),
+            mount: settings.mount_for(name),
+            settings,
+            plugin,
+            validators,
+            source,
+            deployed_at: SystemTime::now(),
+        });
+        let snapshot = build(state, Some((name, Some(mounted.clone()))))?;
         self.current.store(Some(Arc::new(snapshot)));
+        let entry = state.plugins.entry(name.to_string()).or_default();
+        entry.versions.push_front(mounted.clone());
+        entry.versions.truncate(state.versions_kept + 1);
+        tracing::info!(
+            plugin = name,
+            mount = %if mounted.mount.is_empty() { "/" } else { &mounted.mount },
+            version = %mounted.plugin.manifest.version,
+            digest = %&mounted.plugin.digest[..12],
+            cache = ?mounted.plugin.cache,
+            source = ?source,
+            "plugin deployed"
+        );
+        Ok(mounted)
+    }
+
+    /// Stops serving a plugin; requests in flight finish. `only_from` restricts removal to
+    /// plugins that came from that source (the watched directory removes only its own).
+    pub async fn remove(&self, name: &str, only_from: Option<Source>) -> Result<(), ChangeError> {
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let Some(entry) = state.plugins.get(name) else {
+            return Err(ChangeError::NotFound(format!("no plugin `{name}`")));
+        };
+        if let (Some(from), Some(current)) = (only_from, entry.versions.front())
+            && current.source != from
+        {
+            return Err(ChangeError::Conflict(format!(
+                "plugin `{name}` was deployed through {:?}, not {from:?}",
+                current.source
+            )));
+        }
+        let snapshot = build(state, Some((name, None)))?;
+        self.current.store(Some(Arc::new(snapshot)));
+        state.plugins.remove(name);
+        tracing::info!(plugin = name, "plugin removed");
+        Ok(())
+    }
+
+    /// Serves the previous version of a plugin again.
+    pub async fn rollback(&self, name: &str) -> Result<Arc<Mounted>, ChangeError> {
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let previous = state
+            .plugins
+            .get(name)
+            .and_then(|e| e.versions.get(1).cloned())
+            .ok_or_else(|| {
+                ChangeError::NotFound(format!("plugin `{name}` has no earlier version"))
+            })?;
+        let snapshot = build(state, Some((name, Some(previous.clone()))))?;
+        self.current.store(Some(Arc::new(snapshot)));
+        if let Some(entry) = state.plugins.get_mut(name) {
+            entry.versions.pop_front();
+        }
+        tracing::info!(plugin = name, digest = %&previous.plugin.digest[..12], "plugin rolled back");
+        Ok(previous)
+    }
+
+    /// The digest and settings of the version serving now, if any.
+    pub async fn current_version(&self, name: &str) -> Option<(String, PluginSettings, Source)> {
+        let guard = self.state.lock().await;
+        let m = guard.as_ref()?.plugins.get(name)?.versions.front()?.clone();
+        Some((m.plugin.digest.clone(), m.settings.clone(), m.source))
+    }
+
+    pub async fn plugins(&self) -> Vec<PluginInfo> {
+        let guard = self.state.lock().await;
+        let Some(state) = guard.as_ref() else {
+            return Vec::new();
+        };
+        state
+            .plugins
+            .iter()
+            .map(|(name, entry)| {
+                let current = entry.versions.front();
+                PluginInfo {
+                    name: name.clone(),
+                    status: if current.is_some() {
+                        "serving"
+                    } else {
+                        "failed"
+                    },
+                    mount: current.map(|m| {
+                        if m.mount.is_empty() {
+                            "/".into()
+                        } else {
+                            m.mount.clone()
+                        }
+                    }),
+                    version: current.map(|m| m.plugin.manifest.version.clone()),
+                    digest: current.map(|m| m.plugin.digest.clone()),
+                    source: current.map(|m| m.source),
+                    deployed_at_unix: current.and_then(|m| {
+                        m.deployed_at
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .ok()
+                            .map(|d| d.as_secs())
+                    }),
+                    routes: current
+                        .map(|m| {
+                            m.plugin
+                                .manifest
+                                .routes
+                                .iter()
+                                .map(|r| format!("{} {}{}", r.method, m.mount, r.path.raw))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    previous: entry
+                        .versions
+                        .iter()
+                        .skip(1)
+                        .map(|m| m.plugin.digest.clone())
+                        .collect(),
+                    last_error: entry.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Loads a model (off the async runtime) and serves it to new `load-by-name` calls;
+    /// replacing one lets requests holding the old graph finish on it.
+    pub async fn put_model(&self, config: ModelConfig) -> Result<(), ChangeError> {
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let spec = config.spec();
+        let options = state.backend_options.clone();
+        let name = spec.name.clone();
+        let models = tokio::task::spawn_blocking(move || Models::load(&[spec], &options))
+            .await
+            .map_err(|e| ChangeError::Invalid(format!("loading model `{name}`: {e}")))?
+            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+        let model = models
+            .get(&name)
+            .ok_or_else(|| ChangeError::Invalid(format!("model `{name}` did not load")))?;
+        tracing::info!(model = %name, backend = %model.backend_description(), "model loaded");
+        state.models.insert(model);
+        Ok(())
+    }
+
+    /// Unloads a model no deployed plugin is granted.
+    pub async fn remove_model(&self, name: &str) -> Result<(), ChangeError> {
+        let mut guard = self.state.lock().await;
+        let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let users: Vec<&str> = state
+            .plugins
+            .iter()
+            .filter(|(_, e)| {
+                e.versions
+                    .iter()
+                    .any(|m| m.settings.models.iter().any(|g| g == name))
+            })
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if !users.is_empty() {
+            return Err(ChangeError::Conflict(format!(
+                "model `{name}` is granted to {} (current or kept versions); remove or redeploy them first",
+                users.join(", ")
+            )));
+        }
+        if !state.models.remove(name) {
+            return Err(ChangeError::NotFound(format!("no model `{name}`")));
+        }
+        tracing::info!(model = name, "model unloaded");
+        Ok(())
+    }
+
+    pub async fn models(&self) -> Vec<ModelInfo> {
+        let guard = self.state.lock().await;
+        let Some(state) = guard.as_ref() else {
+            return Vec::new();
+        };
+        state
+            .models
+            .all()
+            .into_iter()
+            .map(|(name, m)| {
+                let spec = m.spec();
+                let stats = m.stats();
+                ModelInfo {
+                    name,
+                    path: spec.path.display().to_string(),
+                    backend: m.backend_description(),
+                    concurrency: spec.concurrency,
+                    queue_depth: spec.queue_depth,
+                    timeout_ms: spec.timeout.as_millis() as u64,
+                    stats: serde_json::json!({
+                        "queued": stats.queued,
+                        "running": stats.running,
+                        "completed": stats.completed,
+                        "failed": stats.failed,
+                        "rejected": stats.rejected,
+                        "timed_out": stats.timed_out,
+                        "busy_seconds_total": stats.busy_seconds_total,
+                    }),
+                }
+            })
+            .collect()
     }
 }
 
-/// Loads every configured plugin and builds the route table; the error names the plugin.
-pub async fn load(
-    config: &Config,
-    runtime: &Arc<Runtime>,
-    models: &Models,
-) -> anyhow::Result<Snapshot> {
-    let mut plugins = Vec::new();
+/// A snapshot of the current versions with one plugin changed (`Some`) or removed (`None`).
+fn build(
+    state: &State,
+    change: Option<(&str, Option<Arc<Mounted>>)>,
+) -> Result<Snapshot, ChangeError> {
+    let mut current: BTreeMap<&str, Arc<Mounted>> = state
+        .plugins
+        .iter()
+        .filter_map(|(n, e)| Some((n.as_str(), e.versions.front()?.clone())))
+        .collect();
+    if let Some((name, version)) = change {
+        match version {
+            Some(m) => {
+                current.insert(name, m);
+            }
+            None => {
+                current.remove(name);
+            }
+        }
+    }
     let mut router = Router::default();
-    for (index, pc) in config.plugins.iter().enumerate() {
-        let mounted = load_plugin(pc, runtime, models)
-            .await
-            .with_context(|| format!("loading plugin `{}`", pc.name))?;
+    let mut plugins = Vec::with_capacity(current.len());
+    for (index, mounted) in current.into_values().enumerate() {
         for (route_index, route) in mounted.plugin.manifest.routes.iter().enumerate() {
             let target = Target {
                 plugin: index,
@@ -64,60 +451,9 @@ pub async fn load(
             };
             router
                 .add(&mounted.mount, route.method.clone(), &route.path, target)
-                .map_err(|e| anyhow::anyhow!("plugin `{}`: {e}", pc.name))?;
+                .map_err(|e| ChangeError::Conflict(format!("plugin `{}`: {e}", mounted.name)))?;
         }
-        tracing::info!(
-            plugin = %mounted.name,
-            mount = %if mounted.mount.is_empty() { "/" } else { &mounted.mount },
-            version = %mounted.plugin.manifest.version,
-            routes = mounted.plugin.manifest.routes.len(),
-            cache = ?mounted.plugin.cache,
-            digest = %&mounted.plugin.digest[..12],
-            "plugin loaded"
-        );
-        plugins.push(Arc::new(mounted));
+        plugins.push(mounted);
     }
     Ok(Snapshot { plugins, router })
-}
-
-async fn load_plugin(
-    pc: &PluginConfig,
-    runtime: &Arc<Runtime>,
-    models: &Models,
-) -> anyhow::Result<Mounted> {
-    let wasm: Arc<[u8]> = match (&pc.path, &pc.builtin) {
-        (Some(path), _) => std::fs::read(path)
-            .with_context(|| format!("reading {}", path.display()))?
-            .into(),
-        (None, Some(name)) => crate::builtin::wasm(name)
-            .with_context(|| format!("no builtin plugin `{name}`"))?
-            .into(),
-        (None, None) => anyhow::bail!("no `path` or `builtin`"),
-    };
-    let spec = PluginSpec {
-        wasm,
-        limits: pc.limits.clone(),
-        models: pc.models.clone(),
-    };
-    let plugin = runtime.load_plugin(spec, models).await?;
-    let mut validators = Vec::new();
-    for route in &plugin.manifest.routes {
-        let validator = match &route.request_schema {
-            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
-                anyhow::anyhow!(
-                    "route `{} {}`: invalid request schema: {e}",
-                    route.method,
-                    route.path.raw
-                )
-            })?),
-            None => None,
-        };
-        validators.push(validator);
-    }
-    Ok(Mounted {
-        name: pc.name.clone(),
-        mount: pc.mount(),
-        plugin,
-        validators,
-    })
 }

@@ -1,0 +1,221 @@
+//! The operator API under `/admin`, guarded by the admin credential
+//! (`Authorization: Bearer <admin key>` or `X-API-Key`):
+//!
+//! - `GET /admin/plugins`: what is deployed — version, digest, status, source, last error.
+//! - `PUT /admin/plugins/{name}`: deploy or replace; the body is the `.wasm`, settings go in the
+//!   query (`mount`, `models=a,b`, and any limit such as `memory_bytes` or `cpu_ms`).
+//! - `DELETE /admin/plugins/{name}`, `POST /admin/plugins/{name}/rollback`.
+//! - `GET /admin/models`, `PUT /admin/models/{name}` (JSON: a `[[models]]` entry without
+//!   `name`), `DELETE /admin/models/{name}`.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::routing::{get, post, put};
+use bytes::Bytes;
+use http::StatusCode;
+use http::request::Parts;
+use infergate_runtime::Limits;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::config::{ModelUpload, PluginSettings};
+use crate::error::ApiError;
+use crate::http::AppState;
+use crate::registry::{ChangeError, Source};
+
+/// The admin credential, kept as a digest.
+pub struct AdminKey([u8; 32]);
+
+impl AdminKey {
+    pub fn new(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+}
+
+/// Extractor that admits only the admin credential.
+pub struct Admin;
+
+impl FromRequestParts<Arc<AppState>> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let Some(key) = &state.admin else {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "the admin API is disabled: set INFERGATE_ADMIN_KEY or [admin] key",
+            ));
+        };
+        let presented = crate::auth::presented_key(&parts.headers)?;
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        if bool::from(digest.ct_eq(&key.0)) {
+            Ok(Admin)
+        } else {
+            Err(ApiError::unauthorized("the admin key is not valid"))
+        }
+    }
+}
+
+pub fn routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/admin/plugins", get(list_plugins))
+        .route(
+            "/admin/plugins/{name}",
+            put(put_plugin).delete(delete_plugin),
+        )
+        .route("/admin/plugins/{name}/rollback", post(rollback))
+        .route("/admin/models", get(list_models))
+        .route("/admin/models/{name}", put(put_model).delete(delete_model))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(e: ChangeError) -> Self {
+        let message = e.to_string();
+        match e {
+            ChangeError::Invalid(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plugin", message)
+            }
+            ChangeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
+            ChangeError::NotFound(_) => ApiError::not_found(message),
+            ChangeError::NotReady => ApiError::not_ready(),
+        }
+    }
+}
+
+async fn list_plugins(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"plugins": state.registry.plugins().await}))
+}
+
+/// Settings of `PUT /admin/plugins/{name}`, from the query string.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    mount: Option<String>,
+    /// Comma-separated model names.
+    models: Option<String>,
+    memory_bytes: Option<usize>,
+    cpu_ms: Option<u64>,
+    wall_ms: Option<u64>,
+    max_concurrency: Option<usize>,
+    max_request_bytes: Option<usize>,
+    max_response_bytes: Option<usize>,
+}
+
+impl DeployQuery {
+    fn settings(self) -> PluginSettings {
+        let d = Limits::default();
+        PluginSettings {
+            mount: self.mount,
+            models: self
+                .models
+                .map(|m| {
+                    m.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            limits: Limits {
+                memory_bytes: self.memory_bytes.unwrap_or(d.memory_bytes),
+                cpu_ms: self.cpu_ms.unwrap_or(d.cpu_ms),
+                wall_ms: self.wall_ms.unwrap_or(d.wall_ms),
+                max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
+                max_request_bytes: self.max_request_bytes.unwrap_or(d.max_request_bytes),
+                max_response_bytes: self.max_response_bytes.unwrap_or(d.max_response_bytes),
+            },
+        }
+    }
+}
+
+async fn put_plugin(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::bad_request(format!("bad deploy settings: {}", e.body_text())))?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body must be the plugin's .wasm component",
+        ));
+    }
+    let mounted = state
+        .registry
+        .deploy(&name, body.to_vec().into(), query.settings(), Source::Api)
+        .await?;
+    Ok((StatusCode::OK, Json(describe(&mounted))))
+}
+
+async fn delete_plugin(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.registry.remove(&name, None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn rollback(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let mounted = state.registry.rollback(&name).await?;
+    Ok(Json(describe(&mounted)))
+}
+
+fn describe(m: &crate::registry::Mounted) -> Value {
+    json!({
+        "name": m.name,
+        "version": m.plugin.manifest.version,
+        "digest": m.plugin.digest,
+        "mount": if m.mount.is_empty() { "/" } else { &m.mount },
+        "routes": m.plugin.manifest.routes.iter().map(|r| format!("{} {}{}", r.method, m.mount, r.path.raw)).collect::<Vec<_>>(),
+    })
+}
+
+async fn list_models(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"models": state.registry.models().await}))
+}
+
+async fn put_model(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let upload: ModelUpload = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::unprocessable(format!("bad model settings: {e}")))?;
+    if name.is_empty() || name.len() > 128 {
+        return Err(ApiError::unprocessable("model names are 1-128 characters"));
+    }
+    if !upload.path.is_file() {
+        return Err(ApiError::unprocessable(format!(
+            "no model file at {}",
+            upload.path.display()
+        )));
+    }
+    state.registry.put_model(upload.named(&name)).await?;
+    Ok(Json(json!({"name": name, "status": "loaded"})))
+}
+
+async fn delete_model(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.registry.remove_model(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
