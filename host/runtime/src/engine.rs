@@ -121,8 +121,14 @@ impl Runtime {
     }
 
     fn compile_fresh(&self, wasm: &[u8]) -> anyhow::Result<Component> {
-        Component::new(&self.engine, wasm)
-            .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))
+        Component::new(&self.engine, wasm).map_err(|e| {
+            // One line: wasmtime's alternate form spreads byte arrays over many lines.
+            let detail = format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            anyhow::anyhow!("not a valid WebAssembly component: {detail}")
+        })
     }
 
     fn fingerprint(&self) -> u64 {
