@@ -428,3 +428,198 @@ async fn the_admin_api_needs_the_admin_key() {
     let r = admin().get(&url).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn tenants_deploy_into_their_own_namespace_within_limits() {
+    const ACME: &str = "acme-key-0123456789abcdef";
+    const GLOBEX: &str = "globex-key-0123456789abcdef";
+    let host = empty_host(&format!(
+        r#"[auth]
+api_keys = [{{ id = "acme-1", key = "{ACME}", tenant = "acme" }}, {{ id = "globex-1", key = "{GLOBEX}", tenant = "globex" }}]
+[tenant_plugins]
+enabled = true
+max_plugins = 2
+max_upload_bytes = 2097152
+max_memory_bytes = 33554432
+"#
+    ));
+    let as_tenant = |key: &'static str| {
+        let url = |p: &str| host.url(p);
+        let c = reqwest::Client::new();
+        move |method: reqwest::Method, path: &str, body: Option<Vec<u8>>| {
+            let mut r = c.request(method, url(path)).bearer_auth(key);
+            if let Some(b) = body {
+                r = r.body(b);
+            }
+            r.send()
+        }
+    };
+    let (acme, globex) = (as_tenant(ACME), as_tenant(GLOBEX));
+    use reqwest::Method;
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/greeter",
+        Some(bytes("greeter_v1")),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["mount"], "/t/acme/greeter");
+    assert_eq!(
+        serving(&client(), &host.url("/t/acme/greeter/version"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+    assert_eq!(
+        acme(
+            Method::PUT,
+            "/tenant/plugins/greeter",
+            Some(bytes("greeter_v2"))
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    assert_eq!(
+        serving(&client(), &host.url("/t/acme/greeter/version"))
+            .await
+            .unwrap(),
+        "v2"
+    );
+    assert_eq!(
+        acme(Method::POST, "/tenant/plugins/greeter/rollback", None)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        serving(&client(), &host.url("/t/acme/greeter/version"))
+            .await
+            .unwrap(),
+        "v1"
+    );
+
+    // Another tenant neither sees nor touches it.
+    let list: Value = globex(Method::GET, "/tenant/plugins", None)
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["plugins"], json!([]));
+    expect_error(
+        globex(Method::DELETE, "/tenant/plugins/greeter", None)
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    expect_error(
+        globex(Method::POST, "/tenant/plugins/greeter/rollback", None)
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // The operator's limits hold.
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/big?memory_bytes=1073741824",
+        Some(bytes("greeter_v1")),
+    )
+    .await
+    .unwrap();
+    expect_error(r, 422, "invalid_request").await;
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/m?models=digits",
+        Some(bytes("hostile")),
+    )
+    .await
+    .unwrap();
+    expect_error(r, 422, "invalid_request").await;
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/x?mount=/digits",
+        Some(bytes("greeter_v1")),
+    )
+    .await
+    .unwrap();
+    expect_error(r, 422, "invalid_request").await;
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/huge",
+        Some(vec![1u8; 3 << 20]),
+    )
+    .await
+    .unwrap();
+    expect_error(r, 413, "payload_too_large").await;
+    assert_eq!(
+        acme(
+            Method::PUT,
+            "/tenant/plugins/second",
+            Some(bytes("greeter_v2"))
+        )
+        .await
+        .unwrap()
+        .status(),
+        200
+    );
+    let r = acme(
+        Method::PUT,
+        "/tenant/plugins/third",
+        Some(bytes("greeter_v2")),
+    )
+    .await
+    .unwrap();
+    expect_error(r, 403, "forbidden").await;
+
+    let all: Value = admin()
+        .get(host.url("/admin/plugins"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let owners: Vec<&str> = all["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["owner"].as_str())
+        .collect();
+    assert_eq!(owners, ["acme", "acme"], "{all}");
+    assert_eq!(
+        acme(Method::DELETE, "/tenant/plugins/greeter", None)
+            .await
+            .unwrap()
+            .status(),
+        204
+    );
+    expect_error(
+        client()
+            .get(host.url("/t/acme/greeter/version"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // Off by default.
+    let shared = crate::harness::shared();
+    let r = client()
+        .get(shared.url("/tenant/plugins"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403, "forbidden").await;
+}

@@ -7,6 +7,10 @@
 //! - `DELETE /admin/plugins/{name}`, `POST /admin/plugins/{name}/rollback`.
 //! - `GET /admin/models`, `PUT /admin/models/{name}` (JSON: a `[[models]]` entry without
 //!   `name`), `DELETE /admin/models/{name}`.
+//!
+//! And tenant self-service under `/tenant/plugins` (the same calls, with the tenant's own API
+//! key), when `[tenant_plugins] enabled`: plugins land in the tenant's namespace, mounted at
+//! `/t/{tenant}/{name}`, within the operator's limits (count, size, memory, CPU, models).
 
 use std::sync::Arc;
 
@@ -111,8 +115,8 @@ struct DeployQuery {
 }
 
 impl DeployQuery {
-    fn settings(self) -> PluginSettings {
-        let d = Limits::default();
+    /// The settings asked for; limits not given take the values of `d`.
+    fn settings(self, d: Limits) -> PluginSettings {
         PluginSettings {
             mount: self.mount,
             models: self
@@ -153,7 +157,13 @@ async fn put_plugin(
     }
     let mounted = state
         .registry
-        .deploy(&name, body.to_vec().into(), query.settings(), Source::Api)
+        .deploy(
+            &name,
+            body.to_vec().into(),
+            query.settings(Limits::default()),
+            Source::Api,
+            None,
+        )
         .await?;
     Ok((StatusCode::OK, Json(describe(&mounted))))
 }
@@ -218,4 +228,172 @@ async fn delete_model(
 ) -> Result<StatusCode, ApiError> {
     state.registry.remove_model(&name).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A caller of the tenant API: any valid API key, when tenant deploys are enabled.
+pub struct TenantCaller(crate::auth::Principal);
+
+impl FromRequestParts<Arc<AppState>> for TenantCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, ApiError> {
+        let principal = state.keys.authenticate(&parts.headers)?;
+        if !state.tenant_plugins.enabled {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "tenant plugin deploys are disabled on this host",
+            ));
+        }
+        Ok(TenantCaller(principal))
+    }
+}
+
+pub fn tenant_routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/tenant/plugins", get(tenant_list))
+        .route(
+            "/tenant/plugins/{name}",
+            put(tenant_put).delete(tenant_delete),
+        )
+        .route("/tenant/plugins/{name}/rollback", post(tenant_rollback))
+        .layer(DefaultBodyLimit::max(max_upload_bytes))
+}
+
+/// The registry name of a tenant's plugin: `{tenant}--{name}`.
+fn namespaced(tenant: &str, name: &str) -> Result<String, ApiError> {
+    use infergate_runtime::manifest::valid_plugin_name;
+    if !valid_plugin_name(name) || name.contains("--") || name.len() > 30 {
+        return Err(ApiError::unprocessable(
+            "plugin names are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`",
+        ));
+    }
+    if !valid_plugin_name(tenant) || tenant.contains("--") || tenant.len() > 30 {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this tenant's name cannot be used as a plugin namespace",
+        ));
+    }
+    Ok(format!("{tenant}--{name}"))
+}
+
+/// The tenant's plugin, or 404: other tenants' plugins do not exist for it.
+async fn owned(state: &AppState, tenant: &str, name: &str) -> Result<String, ApiError> {
+    let full = namespaced(tenant, name)?;
+    if state.registry.owned_by(tenant).await.contains(&full) {
+        Ok(full)
+    } else {
+        Err(ApiError::not_found(format!("you have no plugin `{name}`")))
+    }
+}
+
+async fn tenant_list(
+    TenantCaller(who): TenantCaller,
+    State(state): State<Arc<AppState>>,
+) -> Json<Value> {
+    let plugins: Vec<_> = state
+        .registry
+        .plugins()
+        .await
+        .into_iter()
+        .filter(|p| p.owner.as_deref() == Some(who.tenant.as_str()))
+        .collect();
+    Json(json!({"plugins": plugins}))
+}
+
+async fn tenant_put(
+    TenantCaller(who): TenantCaller,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Query(query) = query
+        .map_err(|e| ApiError::bad_request(format!("bad deploy settings: {}", e.body_text())))?;
+    let policy = &state.tenant_plugins;
+    let full = namespaced(&who.tenant, &name)?;
+    if query.mount.is_some() {
+        return Err(ApiError::unprocessable(format!(
+            "tenant plugins are mounted at /t/{}/{name}; `mount` cannot be set",
+            who.tenant
+        )));
+    }
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "the request body must be the plugin's .wasm component",
+        ));
+    }
+    let d = Limits::default();
+    let capped = Limits {
+        memory_bytes: d.memory_bytes.min(policy.max_memory_bytes),
+        cpu_ms: d.cpu_ms.min(policy.max_cpu_ms),
+        wall_ms: d.wall_ms.min(policy.max_wall_ms),
+        ..d
+    };
+    let mut settings = query.settings(capped);
+    let l = &settings.limits;
+    for (what, asked, max) in [
+        (
+            "memory_bytes",
+            l.memory_bytes as u64,
+            policy.max_memory_bytes as u64,
+        ),
+        ("cpu_ms", l.cpu_ms, policy.max_cpu_ms),
+        ("wall_ms", l.wall_ms, policy.max_wall_ms),
+    ] {
+        if asked > max {
+            return Err(ApiError::unprocessable(format!(
+                "{what} = {asked} is above this host's limit for tenant plugins ({max})"
+            )));
+        }
+    }
+    if let Some(model) = settings.models.iter().find(|m| !policy.models.contains(m)) {
+        return Err(ApiError::unprocessable(format!(
+            "model `{model}` is not available to tenant plugins"
+        )));
+    }
+    let mine = state.registry.owned_by(&who.tenant).await;
+    if !mine.contains(&full) && mine.len() >= policy.max_plugins {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("a tenant may have at most {} plugins", policy.max_plugins),
+        ));
+    }
+    settings.mount = Some(format!("/t/{}/{name}", who.tenant));
+    let mounted = state
+        .registry
+        .deploy(
+            &full,
+            body.to_vec().into(),
+            settings,
+            Source::Tenant,
+            Some(&who.tenant),
+        )
+        .await?;
+    Ok(Json(describe(&mounted)))
+}
+
+async fn tenant_delete(
+    TenantCaller(who): TenantCaller,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let full = owned(&state, &who.tenant, &name).await?;
+    state.registry.remove(&full, Some(Source::Tenant)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn tenant_rollback(
+    TenantCaller(who): TenantCaller,
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let full = owned(&state, &who.tenant, &name).await?;
+    let mounted = state.registry.rollback(&full).await?;
+    Ok(Json(describe(&mounted)))
 }

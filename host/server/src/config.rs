@@ -35,6 +35,9 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Whether and within which limits tenants deploy plugins themselves.
+    #[serde(default)]
+    pub tenant_plugins: TenantPluginsConfig,
     /// A directory watched for plugins: `NAME.wasm`, with optional settings in `NAME.toml`
     /// (the keys of a `[[plugins]]` entry other than `name`, `path` and `builtin`).
     pub plugins_dir: Option<PathBuf>,
@@ -84,6 +87,37 @@ impl Default for AdminConfig {
             key: None,
             max_upload_bytes: 64 << 20,
             versions_kept: 5,
+        }
+    }
+}
+
+/// Tenant self-deploys (`PUT /tenant/plugins/{name}` with the tenant's own key): plugins land in
+/// the tenant's namespace, mounted at `/t/{tenant}/{name}`, within these limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPluginsConfig {
+    pub enabled: bool,
+    /// Plugins one tenant may have.
+    pub max_plugins: usize,
+    pub max_upload_bytes: usize,
+    /// Highest `memory_bytes`, `cpu_ms` and `wall_ms` a tenant may ask for.
+    pub max_memory_bytes: usize,
+    pub max_cpu_ms: u64,
+    pub max_wall_ms: u64,
+    /// Models tenant plugins may be granted.
+    pub models: Vec<String>,
+}
+
+impl Default for TenantPluginsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_plugins: 3,
+            max_upload_bytes: 16 << 20,
+            max_memory_bytes: 64 << 20,
+            max_cpu_ms: 1_000,
+            max_wall_ms: 10_000,
+            models: Vec::new(),
         }
     }
 }

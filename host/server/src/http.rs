@@ -30,11 +30,16 @@ pub struct AppState {
     pub admin: Option<crate::admin::AdminKey>,
     /// Largest plugin upload through the admin API.
     pub max_upload_bytes: usize,
+    /// What tenants may deploy themselves.
+    pub tenant_plugins: crate::config::TenantPluginsConfig,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(crate::admin::routes(state.max_upload_bytes))
+        .merge(crate::admin::tenant_routes(
+            state.tenant_plugins.max_upload_bytes,
+        ))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))

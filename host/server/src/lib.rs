@@ -58,6 +58,7 @@ pub async fn run(
         keys,
         admin: admin_key.map(|k| admin::AdminKey::new(&k)),
         max_upload_bytes: config.admin.max_upload_bytes,
+        tenant_plugins: config.tenant_plugins.clone(),
     });
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();
@@ -123,7 +124,7 @@ async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<wa
             (None, None) => anyhow::bail!("plugin `{}` has no `path` or `builtin`", pc.name),
         };
         registry
-            .deploy(&pc.name, wasm, pc.settings(), Source::Config)
+            .deploy(&pc.name, wasm, pc.settings(), Source::Config, None)
             .await
             .with_context(|| format!("loading plugin `{}`", pc.name))?;
     }

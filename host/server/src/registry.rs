@@ -29,6 +29,8 @@ pub enum Source {
     Config,
     Directory,
     Api,
+    /// A tenant's own deploy, into its namespace.
+    Tenant,
 }
 
 /// One deployed version of a plugin, with what the HTTP side derived from its manifest.
@@ -42,6 +44,8 @@ pub struct Mounted {
     /// Compiled request-body validators, one per manifest route (None: no schema).
     pub validators: Vec<Option<jsonschema::Validator>>,
     pub source: Source,
+    /// The tenant that deployed it (tenant deploys only).
+    pub owner: Option<String>,
     pub deployed_at: SystemTime,
 }
 
@@ -74,6 +78,7 @@ pub struct PluginInfo {
     pub version: Option<String>,
     pub digest: Option<String>,
     pub source: Option<Source>,
+    pub owner: Option<String>,
     pub deployed_at_unix: Option<u64>,
     pub routes: Vec<String>,
     /// Earlier versions kept for rollback, newest first (digests).
@@ -158,6 +163,7 @@ impl Registry {
         wasm: Arc<[u8]>,
         settings: PluginSettings,
         source: Source,
+        owner: Option<&str>,
     ) -> Result<Arc<Mounted>, ChangeError> {
         if !valid_plugin_name(name) {
             return Err(ChangeError::Invalid(format!(
@@ -169,8 +175,21 @@ impl Registry {
             .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
         let mut guard = self.state.lock().await;
         let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
+        let existing_owner = state
+            .plugins
+            .get(name)
+            .and_then(|e| e.versions.front())
+            .map(|m| m.owner.clone());
+        if let Some(existing) = existing_owner
+            && existing.as_deref() != owner
+        {
+            return Err(ChangeError::Conflict(format!(
+                "plugin `{name}` belongs to {}",
+                existing.map_or("the operator".to_string(), |t| format!("tenant `{t}`"))
+            )));
+        }
         let result = self
-            .deploy_locked(state, name, wasm, settings, source)
+            .deploy_locked(state, name, wasm, settings, source, owner)
             .await;
         // A failed first deploy stays listed as `failed`, with its error, for the operator.
         let entry = state.plugins.entry(name.to_string()).or_default();
@@ -185,6 +204,7 @@ impl Registry {
         wasm: Arc<[u8]>,
         settings: PluginSettings,
         source: Source,
+        owner: Option<&str>,
     ) -> Result<Arc<Mounted>, ChangeError> {
         let spec = PluginSpec {
             wasm,
@@ -216,6 +236,7 @@ impl Registry {
             plugin,
             validators,
             source,
+            owner: owner.map(String::from),
             deployed_at: SystemTime::now(),
         });
         let snapshot = build(state, Some((name, Some(mounted.clone()))))?;
@@ -278,6 +299,24 @@ impl Registry {
         Ok(previous)
     }
 
+    /// The plugins a tenant deployed (serving ones).
+    pub async fn owned_by(&self, tenant: &str) -> Vec<String> {
+        let guard = self.state.lock().await;
+        let Some(state) = guard.as_ref() else {
+            return Vec::new();
+        };
+        state
+            .plugins
+            .iter()
+            .filter(|(_, e)| {
+                e.versions
+                    .front()
+                    .is_some_and(|m| m.owner.as_deref() == Some(tenant))
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// The digest and settings of the version serving now, if any.
     pub async fn current_version(&self, name: &str) -> Option<(String, PluginSettings, Source)> {
         let guard = self.state.lock().await;
@@ -312,6 +351,7 @@ impl Registry {
                     version: current.map(|m| m.plugin.manifest.version.clone()),
                     digest: current.map(|m| m.plugin.digest.clone()),
                     source: current.map(|m| m.source),
+                    owner: current.and_then(|m| m.owner.clone()),
                     deployed_at_unix: current.and_then(|m| {
                         m.deployed_at
                             .duration_since(SystemTime::UNIX_EPOCH)

@@ -109,7 +109,7 @@ impl Watcher {
             return;
         }
         if let Err(e) = registry
-            .deploy(name, wasm, settings, Source::Directory)
+            .deploy(name, wasm, settings, Source::Directory, None)
             .await
         {
             tracing::error!(
