@@ -276,16 +276,15 @@ impl Model {
         ctx: &Context,
         inputs: Vec<NamedTensor>,
     ) -> Result<Computed, NnError> {
-        if let Some(max) = self.spec.max_batch {
-            if let Some(t) = inputs
+        if let Some(max) = self.spec.max_batch
+            && let Some(t) = inputs
                 .iter()
                 .find(|t| t.tensor.dimensions.first().is_some_and(|&b| b > max))
-            {
-                return Err(NnError::InvalidInput(format!(
-                    "input `{}`: batch of {} exceeds model `{}`'s max_batch of {max}",
-                    t.name, t.tensor.dimensions[0], self.spec.name
-                )));
-            }
+        {
+            return Err(NnError::InvalidInput(format!(
+                "input `{}`: batch of {} exceeds model `{}`'s max_batch of {max}",
+                t.name, t.tensor.dimensions[0], self.spec.name
+            )));
         }
         let inner = ctx.inner.clone();
         self.scheduler

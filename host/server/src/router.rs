@@ -85,7 +85,9 @@ impl Router {
 
     pub fn find(&self, method: &Method, path: &str) -> Match {
         let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-        let mut best: Option<(&Entry, Vec<(String, String)>, usize)> = None;
+        // The best match so far: entry, its params, how many literal segments matched.
+        type Best<'a> = (&'a Entry, Vec<(String, String)>, usize);
+        let mut best: Option<Best> = None;
         let mut allowed = Vec::new();
         for entry in &self.entries {
             let Some((params, literals)) = match_segments(&entry.segments, &parts) else {
@@ -137,12 +139,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
-                out.push(hi << 4 | lo);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
