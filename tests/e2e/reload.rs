@@ -209,12 +209,13 @@ async fn deleting_under_load_lets_in_flight_requests_finish() {
     );
     let mut in_flight = Vec::new();
     for _ in 0..4 {
-        let (c, url) = (client(), host.url("/sleepy/sleep?ms=1500"));
+        let (c, url) = (client(), host.url("/sleepy/sleep?ms=3000"));
         in_flight.push(tokio::spawn(async move {
             c.get(url).send().await.unwrap().status().as_u16()
         }));
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Let the four requests reach the plugin (they sleep 3 s in it), then delete it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     let r = admin()
         .delete(host.url("/admin/plugins/sleepy"))
         .send()
