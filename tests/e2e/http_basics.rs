@@ -182,6 +182,11 @@ async fn oversized_bodies_are_refused() {
         .send()
         .await
         .unwrap();
+    assert_eq!(
+        r.headers()["connection"],
+        "close",
+        "an unread body ends the connection"
+    );
     expect_error(r, 413, "payload_too_large").await;
     // Without a Content-Length (chunked), the limit holds as the body streams in.
     let stream = futures_stream(big.into_bytes());

@@ -105,6 +105,13 @@ async fn request_id(request: Request, next: Next) -> Response {
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
     }
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        // The rest of the body was never read: this connection cannot carry another request,
+        // and a client must not put it back in its pool.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     response
 }
 
