@@ -27,7 +27,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::config::{ModelUpload, PluginSettings};
+use crate::config::{ModelConfig, PluginSettings};
 use crate::error::ApiError;
 use crate::http::AppState;
 use crate::registry::{ChangeError, Source};
@@ -206,18 +206,32 @@ async fn put_model(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let upload: ModelUpload = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::unprocessable(format!("bad model settings: {e}")))?;
     if name.is_empty() || name.len() > 128 {
         return Err(ApiError::unprocessable("model names are 1-128 characters"));
     }
-    if !upload.path.is_file() {
+    // The body is a `[[models]]` entry whose name comes from the path.
+    let mut entry: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
+    let Some(fields) = entry.as_object_mut() else {
+        return Err(ApiError::unprocessable("the body must be a JSON object"));
+    };
+    if fields
+        .insert("name".into(), Value::String(name.clone()))
+        .is_some()
+    {
+        return Err(ApiError::unprocessable(
+            "the model's name comes from the path, not the body",
+        ));
+    }
+    let config: ModelConfig = serde_json::from_value(entry)
+        .map_err(|e| ApiError::unprocessable(format!("bad model settings: {e}")))?;
+    if !config.path.is_file() {
         return Err(ApiError::unprocessable(format!(
             "no model file at {}",
-            upload.path.display()
+            config.path.display()
         )));
     }
-    state.registry.put_model(upload.named(&name)).await?;
+    state.registry.put_model(config).await?;
     Ok(Json(json!({"name": name, "status": "loaded"})))
 }
 

@@ -345,39 +345,6 @@ impl ModelConfig {
     }
 }
 
-/// A model as the admin API takes it (`PUT /admin/models/{name}`): a model entry without `name`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelUpload {
-    pub path: PathBuf,
-    #[serde(default = "default_backend")]
-    pub backend: BackendKind,
-    #[serde(default = "default_target")]
-    pub target: Target,
-    #[serde(default = "default_concurrency")]
-    pub concurrency: usize,
-    #[serde(default = "default_queue_depth")]
-    pub queue_depth: usize,
-    #[serde(default = "default_model_timeout_ms")]
-    pub timeout_ms: u64,
-    pub max_batch: Option<u32>,
-}
-
-impl ModelUpload {
-    pub fn named(self, name: &str) -> ModelConfig {
-        ModelConfig {
-            name: name.to_string(),
-            path: self.path,
-            backend: self.backend,
-            target: self.target,
-            concurrency: self.concurrency,
-            queue_depth: self.queue_depth,
-            timeout_ms: self.timeout_ms,
-            max_batch: self.max_batch,
-        }
-    }
-}
-
 impl PluginConfig {
     pub fn settings(&self) -> PluginSettings {
         PluginSettings {
