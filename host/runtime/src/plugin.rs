@@ -247,16 +247,15 @@ impl Plugin {
         let mut task = AbortOnDrop(task);
 
         let response = match receiver.await {
-            Ok(Ok(response)) => Some(response),
+            Ok(Ok(response)) => response,
+            // The guest answered with an error code instead of a response.
             Ok(Err(code)) => {
                 return Err(self
                     .finish_error(&mut task, Some(format!("{code:?}")))
                     .await);
             }
-            Err(_) => None,
-        };
-        let Some(response) = response else {
-            return Err(self.finish_error(&mut task, None).await);
+            // The guest ended without answering: its outcome says why.
+            Err(_) => return Err(self.finish_error(&mut task, None).await),
         };
         let (parts, mut body) = response.into_parts();
         let limit = self.limits.max_response_bytes;
