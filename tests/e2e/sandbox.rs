@@ -195,3 +195,61 @@ async fn the_host_survives_a_storm_of_bad_plugins() {
     assert_eq!(r.status(), 200);
     assert!(host.alive(), "the host never exits");
 }
+
+#[tokio::test]
+async fn streaming_routes_pass_events_through_as_they_are_written() {
+    let host = shared();
+    let started = Instant::now();
+    let mut r = client()
+        .get(host.url("/hostile/events?n=5&ms=300"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let mut body = String::from_utf8(r.chunk().await.unwrap().unwrap().to_vec()).unwrap();
+    let first = started.elapsed();
+    while let Some(chunk) = r.chunk().await.unwrap() {
+        body.push_str(std::str::from_utf8(&chunk).unwrap());
+    }
+    let total = started.elapsed();
+    println!("streaming: first event after {first:?}, all 5 after {total:?}");
+    assert_eq!(
+        body,
+        "data: 0\n\ndata: 1\n\ndata: 2\n\ndata: 3\n\ndata: 4\n\n"
+    );
+    assert!(total >= Duration::from_millis(1200), "{total:?}");
+    assert!(
+        first * 3 < total,
+        "the first event arrives before the rest are written: {first:?} of {total:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_is_cut_at_the_wall_clock_limit() {
+    let host = shared();
+    let started = Instant::now();
+    // 100 events 100 ms apart would take 10 s; the hostile plugin's wall limit is 3 s.
+    let mut r = client()
+        .get(host.url("/hostile/events?n=100&ms=100"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut events = 0;
+    let ended_with_error = loop {
+        match r.chunk().await {
+            Ok(Some(chunk)) => events += chunk.windows(6).filter(|w| w == b"data: ").count(),
+            Ok(None) => break false,
+            Err(_) => break true,
+        }
+    };
+    let took = started.elapsed();
+    println!("stream cut after {events} events, {took:?}");
+    assert!(ended_with_error, "a cut stream must not look complete");
+    assert!(
+        events < 100 && took < Duration::from_secs(8),
+        "{events} events in {took:?}"
+    );
+    digits_ok(&client(), &host.base).await;
+}

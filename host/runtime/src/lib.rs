@@ -29,5 +29,5 @@ pub use engine::{Runtime, RuntimeOptions};
 pub use limits::Limits;
 pub use manifest::{Manifest, Route};
 pub use nn_host::ModelTable;
-pub use plugin::{InvokeError, Plugin, PluginRequest, PluginResponse, PluginSpec};
+pub use plugin::{InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec};
 pub use state::{RequestContext, Usage};

@@ -6,11 +6,14 @@
 //! hands the request to `wasi:http/incoming-handler`, and collects the response within the
 //! plugin's wall-clock and size limits. Every way a plugin can fail maps to one [`InvokeError`].
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Method, StatusCode};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use wasmtime::Store;
@@ -56,15 +59,63 @@ pub struct PluginRequest {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub context: RequestContext,
+    /// The route streams its response: pass the body through as the plugin writes it.
+    pub streaming: bool,
 }
 
-/// A finished plugin response, body fully read.
-#[derive(Debug)]
+/// A plugin response: read in full, or (a successful response of a streaming route) a body
+/// that streams as the plugin writes it.
 pub struct PluginResponse {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    pub body: PluginBody,
+    /// What the plugin reported; for a streamed body, what it reported before the body began.
     pub usage: Usage,
+}
+
+pub enum PluginBody {
+    Full(Bytes),
+    Stream(StreamedBody),
+}
+
+/// A response body passed through while the plugin writes it, still bounded by the plugin's
+/// wall-clock deadline and response size limit; dropping it stops the plugin.
+pub struct StreamedBody {
+    inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    _task: AbortOnDrop,
+    sent: usize,
+    limit: usize,
+    wall: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl http_body::Body for StreamedBody {
+    type Data = Bytes;
+    type Error = InvokeError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
+        let this = self.get_mut();
+        if this.deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err(InvokeError::WallTimeout(this.wall))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.sent += frame.data_ref().map_or(0, |d| d.len());
+                if this.sent > this.limit {
+                    return Poll::Ready(Some(Err(InvokeError::ResponseTooLarge(this.limit))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                Poll::Ready(Some(Err(InvokeError::PluginError(format!("{e:?}")))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Every way a plugin call can fail; the server maps each to one error code.
@@ -183,12 +234,18 @@ impl Plugin {
     /// Serves one request in a fresh instance, within the plugin's limits.
     pub async fn handle(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
         let wall = self.limits.wall_time();
-        tokio::time::timeout(wall, self.handle_inner(request))
+        let deadline = tokio::time::Instant::now() + wall;
+        tokio::time::timeout_at(deadline, self.handle_inner(request, deadline))
             .await
             .unwrap_or(Err(InvokeError::WallTimeout(wall)))
     }
 
-    async fn handle_inner(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
+    async fn handle_inner(
+        &self,
+        request: PluginRequest,
+        deadline: tokio::time::Instant,
+    ) -> Result<PluginResponse, InvokeError> {
+        let streaming = request.streaming;
         let _permit = self
             .permits
             .acquire()
@@ -259,6 +316,21 @@ impl Plugin {
         };
         let (parts, mut body) = response.into_parts();
         let limit = self.limits.max_response_bytes;
+        if streaming && parts.status.is_success() {
+            return Ok(PluginResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: PluginBody::Stream(StreamedBody {
+                    inner: body,
+                    _task: task,
+                    sent: 0,
+                    limit,
+                    wall: self.limits.wall_time(),
+                    deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                }),
+                usage: Usage::default(),
+            });
+        }
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             match frame {
@@ -281,7 +353,7 @@ impl Plugin {
         Ok(PluginResponse {
             status: parts.status,
             headers: parts.headers,
-            body: buf.freeze(),
+            body: PluginBody::Full(buf.freeze()),
             usage: outcome.usage,
         })
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use infergate_runtime::engine::CacheOutcome;
-use infergate_runtime::{PluginRequest, RequestContext};
+use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
 use serde_json::{Value, json};
 
 use crate::auth::KeyStore;
@@ -242,6 +242,7 @@ async fn dispatch(
             headers,
             body,
             context,
+            streaming: route.streaming,
         })
         .await?;
 
@@ -256,18 +257,22 @@ async fn dispatch(
             }
         }
     }
-    let body = if response.status.is_client_error() || response.status.is_server_error() {
-        if let Some(h) = out.headers_mut() {
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+    let body = match response.body {
+        PluginBody::Stream(stream) => Body::new(stream),
+        PluginBody::Full(bytes)
+            if response.status.is_client_error() || response.status.is_server_error() =>
+        {
+            if let Some(h) = out.headers_mut() {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Body::from(normalise_plugin_error(response.status, &bytes))
         }
-        normalise_plugin_error(response.status, &response.body)
-    } else {
-        response.body
+        PluginBody::Full(bytes) => Body::from(bytes),
     };
-    out.body(Body::from(body)).map_err(|e| {
+    out.body(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_GATEWAY,
             "plugin_error",
