@@ -277,3 +277,45 @@ async fn openapi_is_derived_from_manifests() {
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/openapi.json"));
 }
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_and_models_by_name() {
+    let host = shared();
+    let c = client();
+    for _ in 0..3 {
+        let r = c
+            .post(host.url("/digits/classify"))
+            .json(&json!({"pixels": vec![1; 64]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = c
+        .post(host.url("/digits/classify"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let r = reqwest::get(host.url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = r.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let ok = r#"infergate_request_duration_seconds_count{plugin="digits",route="POST /classify",status="200"}"#;
+    let bad = r#"infergate_request_duration_seconds_count{plugin="digits",route="POST /classify",status="422"}"#;
+    assert!(value(ok) >= 3.0);
+    assert!(value(bad) >= 1.0);
+    assert!(value(r#"infergate_model_completed_total{model="digits"}"#) >= 3.0);
+    assert!(text.contains("# TYPE infergate_request_duration_seconds histogram"));
+}

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::auth::KeyStore;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
-use crate::registry::Registry;
+use crate::registry::{Mounted, Registry};
 use crate::router::Match;
 
 /// State shared by every request.
@@ -32,6 +32,8 @@ pub struct AppState {
     pub max_upload_bytes: usize,
     /// What tenants may deploy themselves.
     pub tenant_plugins: crate::config::TenantPluginsConfig,
+    /// Request counts and latencies, for `/metrics`.
+    pub metrics: crate::telemetry::Metrics,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -43,6 +45,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(openapi))
+        .route("/metrics", get(metrics))
         .route(
             "/docs",
             get(|| async { axum::response::Html(crate::openapi::DOCS_PAGE) }),
@@ -74,6 +77,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         }
         None => ApiError::not_ready().into_response(),
     }
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let models = state.registry.models().await;
+    let text = state.metrics.render(&models);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn openapi(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
@@ -176,8 +185,36 @@ async fn dispatch(
                 )));
             }
         };
-    let mounted = &snapshot.plugins[target.plugin];
-    let route = &mounted.plugin.manifest.routes[target.route];
+    let mounted = snapshot.plugins[target.plugin].clone();
+    let started = std::time::Instant::now();
+    let result = serve(
+        &mounted,
+        target.route,
+        parts,
+        body,
+        principal,
+        params,
+        relative_path,
+    )
+    .await;
+    let status = result.as_ref().map_or_else(|e| e.status, |r| r.status());
+    state
+        .metrics
+        .record(&mounted, target.route, status, started.elapsed());
+    result
+}
+
+/// Runs one matched route: body limit, schema validation, the plugin call, the response.
+async fn serve(
+    mounted: &Mounted,
+    route_index: usize,
+    parts: http::request::Parts,
+    body: Body,
+    principal: crate::auth::Principal,
+    params: Vec<(String, String)>,
+    relative_path: String,
+) -> Result<Response, ApiError> {
+    let route = &mounted.plugin.manifest.routes[route_index];
     let limits = &mounted.plugin.limits;
 
     let body = read_body(
@@ -187,7 +224,7 @@ async fn dispatch(
         limits.wall_time(),
     )
     .await?;
-    if let Some(validator) = &mounted.validators[target.route] {
+    if let Some(validator) = &mounted.validators[route_index] {
         let value: Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
         })?;

@@ -11,6 +11,7 @@
 //! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
 //!   requests are served from, swapped atomically.
 //! - [`watch`]: the watched plugins directory.
+//! - [`telemetry`]: request and model metrics, rendered for Prometheus at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from manifests, and the `/docs` page.
 //! - [`builtin`]: first-party plugins compiled into the binary.
 //!
@@ -26,6 +27,7 @@ pub mod http;
 pub mod openapi;
 pub mod registry;
 pub mod router;
+pub mod telemetry;
 pub mod watch;
 
 use std::future::Future;
@@ -59,6 +61,7 @@ pub async fn run(
         admin: admin_key.map(|k| admin::AdminKey::new(&k)),
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_plugins: config.tenant_plugins.clone(),
+        metrics: telemetry::Metrics::default(),
     });
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();

@@ -1,0 +1,125 @@
+//! Metrics: requests to plugin routes (count and latency to the response head, by plugin, route
+//! and status) and the models' queues and compute time, rendered as Prometheus text at
+//! `/metrics`. Recorded once per request by [`crate::http`]; nothing else writes here.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use http::StatusCode;
+
+use crate::registry::{ModelInfo, Mounted};
+
+/// Upper bounds of the latency histogram, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    /// (plugin, route, status) → latency histogram.
+    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+}
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Metrics {
+    pub fn record(&self, mounted: &Mounted, route: usize, status: StatusCode, took: Duration) {
+        let route = mounted
+            .plugin
+            .manifest
+            .routes
+            .get(route)
+            .map(|r| format!("{} {}", r.method, r.path.raw))
+            .unwrap_or_default();
+        let seconds = took.as_secs_f64();
+        let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        let h = requests
+            .entry((mounted.name.clone(), route, status.as_u16()))
+            .or_default();
+        for (bucket, le) in h.buckets.iter_mut().zip(BUCKETS) {
+            if seconds <= le {
+                *bucket += 1;
+            }
+        }
+        h.count += 1;
+        h.sum += seconds;
+    }
+
+    pub fn render(&self, models: &[ModelInfo]) -> String {
+        let mut out = String::new();
+        out.push_str("# HELP infergate_request_duration_seconds Plugin route requests: time to the response head.\n");
+        out.push_str("# TYPE infergate_request_duration_seconds histogram\n");
+        let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        for ((plugin, route, status), h) in requests.iter() {
+            let labels = format!(
+                "plugin=\"{}\",route=\"{}\",status=\"{status}\"",
+                escape(plugin),
+                escape(route)
+            );
+            for (count, le) in h.buckets.iter().zip(BUCKETS) {
+                let _ = writeln!(
+                    out,
+                    "infergate_request_duration_seconds_bucket{{{labels},le=\"{le}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "infergate_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "infergate_request_duration_seconds_sum{{{labels}}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "infergate_request_duration_seconds_count{{{labels}}} {}",
+                h.count
+            );
+        }
+        drop(requests);
+        let series: [(&str, &str, &str); 7] = [
+            ("queued", "gauge", "Inferences waiting for a slot."),
+            ("running", "gauge", "Inferences running."),
+            ("completed", "counter", "Inferences the backend finished."),
+            ("failed", "counter", "Inferences the backend failed."),
+            (
+                "rejected",
+                "counter",
+                "Inferences refused because the queue was full.",
+            ),
+            (
+                "timed_out",
+                "counter",
+                "Inferences given up at the model's timeout.",
+            ),
+            ("busy_seconds_total", "counter", "Seconds of compute."),
+        ];
+        for (stat, kind, help) in series {
+            let name = match stat {
+                "queued" | "running" | "busy_seconds_total" => format!("infergate_model_{stat}"),
+                _ => format!("infergate_model_{stat}_total"),
+            };
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for m in models {
+                let value = m.stats.get(stat).and_then(|v| v.as_f64()).unwrap_or(0.0);
+                let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&m.name));
+            }
+        }
+        out
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
