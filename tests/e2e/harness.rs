@@ -216,7 +216,7 @@ pub fn admin() -> reqwest::Client {
     client_with(ADMIN_KEY)
 }
 
-fn client_with(key: &str) -> reqwest::Client {
+pub fn client_with(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,

@@ -4,6 +4,7 @@
 mod harness;
 
 mod http_basics;
+mod limits;
 mod models;
 mod reload;
 mod sandbox;

@@ -63,6 +63,7 @@ async fn main() -> anyhow::Result<()> {
                 concurrency: 1,
                 queue_depth: 0,
                 timeout: Duration::from_secs(60),
+                queue_timeout: Duration::from_secs(60),
                 max_batch: None,
             };
             let models = Models::load(&[spec], &BackendOptions::default())?;
@@ -82,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
                                 tensor: t.tensor.clone(),
                             })
                             .collect(),
+                        &Default::default(),
                     )
                     .await?;
                 if run >= 5 {

@@ -36,7 +36,7 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
 pub use backend::tract::TractBackend;
 pub use backend::{BackendInfo, list as backends};
-pub use schedule::ModelStats;
+pub use schedule::{Caller, ModelStats};
 
 /// Which inference engine runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -89,6 +89,8 @@ pub struct ModelSpec {
     pub queue_depth: usize,
     /// The longest a caller waits for a result, queueing included.
     pub timeout: Duration,
+    /// The longest a caller waits for a compute slot; then `QueueTimeout`.
+    pub queue_timeout: Duration,
     /// The largest leading (batch) dimension any input may have; bounds the memory one compute
     /// can make the host allocate. `None`: no limit beyond the model's own shapes.
     pub max_batch: Option<u32>,
@@ -111,6 +113,13 @@ pub enum NnError {
     #[error("model `{model}` is busy: its queue is full (retry after {}s)", retry_after.as_secs())]
     QueueFull {
         model: String,
+        retry_after: Duration,
+    },
+    /// No compute slot within the model's queue timeout: answer 503 with `Retry-After`.
+    #[error("model `{model}` stayed busy: no compute slot within {after:?}")]
+    QueueTimeout {
+        model: String,
+        after: Duration,
         retry_after: Duration,
     },
     /// No result within the model's timeout, queueing included: answer 504.
@@ -237,7 +246,11 @@ impl Model {
             "nn.load"
         );
         Ok(Model {
-            scheduler: schedule::Scheduler::new(spec.concurrency, spec.queue_depth),
+            scheduler: schedule::Scheduler::new(
+                spec.concurrency,
+                spec.queue_depth,
+                spec.queue_timeout,
+            ),
             spec,
             graph: loaded.graph,
             description: loaded.description,
@@ -268,13 +281,14 @@ impl Model {
         })
     }
 
-    /// Runs one inference: waits for a slot in the model's bounded queue, runs the backend on a
-    /// blocking thread (never on the async runtime's threads), and gives up after the model's
-    /// timeout (queueing included).
+    /// Runs one inference for `caller`: waits for a slot in the model's bounded, tenant-fair
+    /// queue, runs the backend on a blocking thread (never on the async runtime's threads), and
+    /// gives up after the model's timeout (queueing included).
     pub async fn compute(
         &self,
         ctx: &Context,
         inputs: Vec<NamedTensor>,
+        caller: &Caller,
     ) -> Result<Computed, NnError> {
         if let Some(max) = self.spec.max_batch
             && let Some(t) = inputs
@@ -288,7 +302,7 @@ impl Model {
         }
         let inner = ctx.inner.clone();
         self.scheduler
-            .run(&self.spec.name, self.spec.timeout, move || {
+            .run(&self.spec.name, caller, self.spec.timeout, move || {
                 let mut ctx = inner
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());

@@ -1,5 +1,12 @@
 //! The scheduling of one model's inferences: a bounded queue in front of a concurrency limit,
-//! compute on tokio's blocking pool, a timeout around queueing and compute, and statistics.
+//! served fairly across tenants, compute on tokio's blocking pool, timeouts, and statistics.
+//!
+//! Fairness: when every slot is busy, callers wait in one queue per tenant, and a freed slot
+//! goes to the waiting tenant with the least compute used relative to its weight (start-time
+//! fair queueing over measured compute seconds: a tenant's "pass" grows by each compute's time
+//! divided by its weight; a tenant that was idle re-enters at the current virtual time, so
+//! idleness earns no credit). One busy tenant therefore cannot starve a light one: the light one
+//! waits for about one compute, not for the busy tenant's whole backlog.
 //!
 //! A compute holds its slot until the backend really returns, even when its caller has given
 //! up on it: a timed-out inference still occupies the CPU, so it keeps counting against the
@@ -9,7 +16,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use tokio::sync::oneshot;
 
 use crate::NnError;
 
@@ -32,12 +42,134 @@ pub struct ModelStats {
     pub busy_seconds_total: f64,
 }
 
+/// Who asks for a compute, for fair queueing: the tenant and its weight (priority).
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub tenant: Arc<str>,
+    /// A tenant of weight 2 gets twice the compute of a tenant of weight 1 under contention.
+    pub weight: u32,
+}
+
+impl Default for Caller {
+    fn default() -> Self {
+        Caller {
+            tenant: Arc::from(""),
+            weight: 1,
+        }
+    }
+}
+
 pub(crate) struct Scheduler {
-    /// One permit per compute slot.
-    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
     concurrency: usize,
     queue_depth: usize,
+    /// The longest a caller waits for a slot.
+    queue_timeout: Duration,
     counters: Arc<Counters>,
+}
+
+/// The slots and the per-tenant queues, behind one short-held lock.
+struct Shared {
+    queue: Mutex<FairQueue>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Default)]
+struct FairQueue {
+    /// Slots nobody holds.
+    free: usize,
+    /// Virtual time: the pass of the tenant served last.
+    virtual_time: f64,
+    tenants: HashMap<Arc<str>, Lane>,
+}
+
+#[derive(Default)]
+struct Lane {
+    /// Compute seconds used, divided by the weight, in virtual time.
+    pass: f64,
+    /// The tenant's weight, as its latest caller gave it.
+    weight: u32,
+    waiters: VecDeque<oneshot::Sender<Slot>>,
+}
+
+/// A compute slot; dropping it hands it to the next waiter by fairness, or frees it.
+pub(crate) struct Slot {
+    shared: Option<Arc<Shared>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.release();
+        }
+    }
+}
+
+impl Shared {
+    /// Charges `caller` for one compute of the estimated cost (virtual seconds).
+    fn charge(queue: &mut FairQueue, caller: &Caller, estimate: f64) {
+        let vt = queue.virtual_time;
+        let lane = queue.tenants.entry(caller.tenant.clone()).or_default();
+        lane.weight = caller.weight.max(1);
+        if lane.waiters.is_empty() && lane.pass < vt {
+            lane.pass = vt;
+        }
+        lane.pass += estimate / f64::from(lane.weight);
+    }
+
+    /// Gives a freed slot to the waiting tenant with the lowest pass, or makes it free.
+    fn release(self: &Arc<Self>) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let estimate = self.counters.estimate_seconds();
+        loop {
+            let next = queue
+                .tenants
+                .iter()
+                .filter(|(_, lane)| !lane.waiters.is_empty())
+                .min_by(|a, b| a.1.pass.total_cmp(&b.1.pass))
+                .map(|(tenant, _)| tenant.clone());
+            let Some(tenant) = next else {
+                queue.free += 1;
+                // Forget lanes that could not matter any more: empty and not ahead of time.
+                let vt = queue.virtual_time;
+                queue
+                    .tenants
+                    .retain(|_, lane| !lane.waiters.is_empty() || lane.pass > vt);
+                return;
+            };
+            let queue = &mut *queue;
+            let lane = queue.tenants.get_mut(&tenant).expect("lane exists");
+            let waiter = lane.waiters.pop_front().expect("lane has waiters");
+            if waiter.is_closed() {
+                continue;
+            }
+            let slot = Slot {
+                shared: Some(self.clone()),
+            };
+            match waiter.send(slot) {
+                Ok(()) => {
+                    queue.virtual_time = lane.pass;
+                    // Charge the estimate now so the next pick already sees this tenant as
+                    // served; the caller settles the measured cost when its compute ends.
+                    lane.pass += estimate / f64::from(lane.weight.max(1));
+                    return;
+                }
+                // The caller gave up between the check and the send: try the next one without
+                // running this slot's own release (we hold the lock).
+                Err(mut slot) => {
+                    slot.shared = None;
+                }
+            }
+        }
+    }
+
+    /// Replaces the estimate charged at dispatch with the measured cost.
+    fn settle(&self, caller: &Caller, estimate: f64, actual: f64) {
+        let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(lane) = queue.tenants.get_mut(&caller.tenant) {
+            lane.pass += (actual - estimate) / f64::from(caller.weight.max(1));
+        }
+    }
 }
 
 #[derive(Default)]
@@ -71,6 +203,14 @@ impl Counters {
         };
         self.mean_compute_nanos.store(new.max(1), Ordering::Relaxed);
     }
+
+    /// The expected cost of the next compute, in seconds (a millisecond before any sample).
+    fn estimate_seconds(&self) -> f64 {
+        match self.mean_compute_nanos.load(Ordering::Relaxed) {
+            0 => 1e-3,
+            n => n as f64 / 1e9,
+        }
+    }
 }
 
 /// Decrements a counter when dropped: keeps `waiting`/`running` right when a caller's future is
@@ -97,20 +237,30 @@ impl<A: GaugeCounter> Drop for Gauge<'_, A> {
 }
 
 impl Scheduler {
-    pub(crate) fn new(concurrency: usize, queue_depth: usize) -> Scheduler {
+    pub(crate) fn new(concurrency: usize, queue_depth: usize, queue_timeout: Duration) -> Self {
+        let counters = Arc::new(Counters::default());
         Scheduler {
-            slots: Arc::new(Semaphore::new(concurrency)),
+            shared: Arc::new(Shared {
+                queue: Mutex::new(FairQueue {
+                    free: concurrency,
+                    ..FairQueue::default()
+                }),
+                counters: counters.clone(),
+            }),
             concurrency,
             queue_depth,
-            counters: Arc::default(),
+            queue_timeout,
+            counters,
         }
     }
 
-    /// Runs `job` on the blocking pool once a slot is free; returns its result with the time
-    /// spent queueing and computing.
+    /// Runs `job` on the blocking pool once `caller` gets a slot; returns its result with the
+    /// time spent queueing and computing. `timeout` bounds the whole; the queue wait is also
+    /// bounded by the model's queue timeout.
     pub(crate) async fn run<T, F>(
         &self,
         model: &str,
+        caller: &Caller,
         timeout: Duration,
         job: F,
     ) -> Result<(T, Duration, Duration), NnError>
@@ -119,28 +269,40 @@ impl Scheduler {
         T: Send + 'static,
     {
         let arrived = Instant::now();
-        // Take a slot at once if one is free; otherwise join the queue or be refused.
-        let slot = match self.slots.clone().try_acquire_owned() {
-            Ok(permit) => Ok(permit),
-            Err(_) => Err(self.enter_queue(model)?),
-        };
+        let estimate = self.counters.estimate_seconds();
+        // Take a slot at once if one is free and nobody waits; else join the queue or be refused.
+        let ticket = self.admit(model, caller, estimate)?;
         let work = async move {
-            let permit = match slot {
-                Ok(permit) => permit,
-                Err(place_in_queue) => {
-                    let permit = self.slots.clone().acquire_owned().await.map_err(|_| {
-                        NnError::Backend("the model's scheduler is closed".to_string())
-                    })?;
+            let slot = match ticket {
+                Ticket::Slot(slot) => slot,
+                Ticket::Wait(receiver, place_in_queue) => {
+                    let waited = tokio::time::timeout(self.queue_timeout, receiver).await;
                     drop(place_in_queue);
-                    permit
+                    match waited {
+                        Ok(Ok(slot)) => slot,
+                        Ok(Err(_)) => {
+                            return Err(NnError::Backend(
+                                "the model's scheduler is closed".to_string(),
+                            ));
+                        }
+                        Err(_) => {
+                            self.counters.timed_out.fetch_add(1, Ordering::Relaxed);
+                            return Err(NnError::QueueTimeout {
+                                model: model.to_string(),
+                                after: self.queue_timeout,
+                                retry_after: self.retry_after(self.queue_depth.max(1)),
+                            });
+                        }
+                    }
                 }
             };
             let queued = arrived.elapsed();
             let counters = self.counters.clone();
-            let handle = tokio::task::spawn_blocking(move || run_holding(permit, &counters, job));
+            let handle = tokio::task::spawn_blocking(move || run_holding(slot, &counters, job));
             let (result, compute) = handle
                 .await
                 .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?;
+            self.shared.settle(caller, estimate, compute.as_secs_f64());
             result.map(|value| (value, queued, compute))
         };
         match tokio::time::timeout(timeout, work).await {
@@ -155,29 +317,35 @@ impl Scheduler {
         }
     }
 
-    /// Takes a place in the queue (given back when the returned guard drops), or refuses with
-    /// `QueueFull` when the queue is at its depth.
-    fn enter_queue(&self, model: &str) -> Result<Gauge<'_, AtomicUsize>, NnError> {
-        let waiting = &self.counters.waiting;
-        let mut current = waiting.load(Ordering::Relaxed);
-        loop {
-            if current >= self.queue_depth {
-                self.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(NnError::QueueFull {
-                    model: model.to_string(),
-                    retry_after: self.retry_after(current + 1),
-                });
-            }
-            match waiting.compare_exchange_weak(
-                current,
-                current + 1,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return Ok(Gauge(waiting)),
-                Err(actual) => current = actual,
-            }
+    /// A slot now, a place in `caller`'s lane, or `QueueFull` when the queue is at its depth.
+    fn admit(&self, model: &str, caller: &Caller, estimate: f64) -> Result<Ticket<'_>, NnError> {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = self.counters.waiting.load(Ordering::Relaxed);
+        if queue.free > 0 && waiting == 0 {
+            queue.free -= 1;
+            Shared::charge(&mut queue, caller, estimate);
+            return Ok(Ticket::Slot(Slot {
+                shared: Some(self.shared.clone()),
+            }));
         }
+        if waiting >= self.queue_depth {
+            self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(NnError::QueueFull {
+                model: model.to_string(),
+                retry_after: self.retry_after(waiting + 1),
+            });
+        }
+        self.counters.waiting.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        let vt = queue.virtual_time;
+        let lane = queue.tenants.entry(caller.tenant.clone()).or_default();
+        lane.weight = caller.weight.max(1);
+        lane.waiters.retain(|w| !w.is_closed());
+        if lane.waiters.is_empty() && lane.pass < vt {
+            lane.pass = vt;
+        }
+        lane.waiters.push_back(sender);
+        Ok(Ticket::Wait(receiver, Gauge(&self.counters.waiting)))
     }
 
     /// How long a refused caller should wait: the recent mean compute time times its place in
@@ -203,9 +371,14 @@ impl Scheduler {
     }
 }
 
+enum Ticket<'a> {
+    Slot(Slot),
+    Wait(oneshot::Receiver<Slot>, Gauge<'a, AtomicUsize>),
+}
+
 /// The blocking side of a compute: holds the slot until the job really ends.
 fn run_holding<T>(
-    permit: OwnedSemaphorePermit,
+    slot: Slot,
     counters: &Counters,
     job: impl FnOnce() -> Result<T, NnError>,
 ) -> (Result<T, NnError>, Duration) {
@@ -215,7 +388,7 @@ fn run_holding<T>(
     let result = job();
     let elapsed = started.elapsed();
     counters.record_compute(elapsed, result.is_ok());
-    drop(permit);
+    drop(slot);
     (result, elapsed)
 }
 
@@ -225,10 +398,126 @@ mod tests {
 
     #[tokio::test]
     async fn retry_after_is_at_least_a_second_and_grows_with_the_queue() {
-        let s = Scheduler::new(1, 4);
+        let s = Scheduler::new(1, 4, Duration::from_secs(5));
         assert_eq!(s.retry_after(1), Duration::from_secs(1));
         s.counters.record_compute(Duration::from_millis(1500), true);
         assert_eq!(s.retry_after(1), Duration::from_secs(2));
         assert_eq!(s.retry_after(3), Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod fairness {
+    use super::*;
+
+    /// Two tenants, both with a backlog, weights 3 and 1: the freed slots go 3:1.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn slots_go_to_tenants_by_weight() {
+        let s = Arc::new(Scheduler::new(1, 100, Duration::from_secs(60)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let heavy = Caller {
+            tenant: Arc::from("heavy"),
+            weight: 3,
+        };
+        let light = Caller {
+            tenant: Arc::from("light"),
+            weight: 1,
+        };
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let (s, order) = (s.clone(), order.clone());
+            let caller = if i % 2 == 0 {
+                heavy.clone()
+            } else {
+                light.clone()
+            };
+            tasks.push(tokio::spawn(async move {
+                let tag = caller.tenant.clone();
+                s.run("m", &caller, Duration::from_secs(60), move || {
+                    std::thread::sleep(Duration::from_millis(3));
+                    order.lock().unwrap().push(tag);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            }));
+            // Everyone is queued before the first slot frees.
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let heavy_first = order[..24].iter().filter(|t| &***t == "heavy").count();
+        assert!(
+            (15..=21).contains(&heavy_first),
+            "heavy got {heavy_first} of the first 24 slots: {order:?}"
+        );
+    }
+
+    /// One tenant's backlog does not delay another tenant's single request by more than about
+    /// one compute.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_newcomer_is_served_next() {
+        let s = Arc::new(Scheduler::new(1, 100, Duration::from_secs(60)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let spawn = |tenant: &'static str| {
+            let (s, order) = (s.clone(), order.clone());
+            tokio::spawn(async move {
+                let caller = Caller {
+                    tenant: Arc::from(tenant),
+                    weight: 1,
+                };
+                s.run("m", &caller, Duration::from_secs(60), move || {
+                    std::thread::sleep(Duration::from_millis(3));
+                    order.lock().unwrap().push(tenant);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            })
+        };
+        let mut tasks: Vec<_> = (0..20).map(|_| spawn("flood")).collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let done_before = order.lock().unwrap().len();
+        tasks.push(spawn("newcomer"));
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let at = order.iter().position(|t| *t == "newcomer").unwrap();
+        // FIFO would put it after the whole remaining backlog (about 16 computes).
+        assert!(
+            at <= done_before + 2,
+            "the newcomer came {at}th, {done_before} were done when it arrived: {order:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_queue_wait_has_its_own_timeout() {
+        let s = Arc::new(Scheduler::new(1, 10, Duration::from_millis(50)));
+        let busy = {
+            let s = s.clone();
+            tokio::spawn(async move {
+                s.run("m", &Caller::default(), Duration::from_secs(10), || {
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(())
+                })
+                .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let waited = s
+            .run("m", &Caller::default(), Duration::from_secs(10), || Ok(()))
+            .await;
+        assert!(
+            matches!(waited, Err(NnError::QueueTimeout { .. })),
+            "{waited:?}"
+        );
+        busy.await.unwrap().unwrap();
+        // The slot is free again afterwards.
+        s.run("m", &Caller::default(), Duration::from_secs(10), || Ok(()))
+            .await
+            .unwrap();
     }
 }

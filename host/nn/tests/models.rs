@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use infergate_nn::{
-    BackendKind, BackendOptions, Computed, Model, ModelSpec, Models, NamedTensor, NnError, Target,
-    Tensor, TensorType,
+    BackendKind, BackendOptions, Caller, Computed, Model, ModelSpec, Models, NamedTensor, NnError,
+    Target, Tensor, TensorType,
 };
 
 fn repo() -> PathBuf {
@@ -39,6 +39,7 @@ fn spec(name: &str, path: PathBuf, backend: BackendKind, concurrency: usize) -> 
         concurrency,
         queue_depth: 8,
         timeout: Duration::from_secs(60),
+        queue_timeout: Duration::from_secs(60),
         max_batch: None,
     }
 }
@@ -125,7 +126,11 @@ async fn predict_digits(model: &Model, pixels: &[f32]) -> Vec<usize> {
     let n = (pixels.len() / 64) as u32;
     let ctx = model.new_context().unwrap();
     let out = model
-        .compute(&ctx, vec![f32s("pixels", &[n, 64], pixels)])
+        .compute(
+            &ctx,
+            vec![f32s("pixels", &[n, 64], pixels)],
+            &Caller::default(),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.outputs.len(), 1);
@@ -161,7 +166,7 @@ fn minilm_inputs(batch: u32, len: u32) -> Vec<NamedTensor> {
 
 async fn compute(model: &Model, inputs: Vec<NamedTensor>) -> Result<Computed, NnError> {
     let ctx = model.new_context()?;
-    model.compute(&ctx, inputs).await
+    model.compute(&ctx, inputs, &Caller::default()).await
 }
 
 fn invalid(result: Result<Computed, NnError>) -> String {

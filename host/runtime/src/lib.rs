@@ -30,4 +30,4 @@ pub use limits::Limits;
 pub use manifest::{Manifest, Route};
 pub use nn_host::ModelTable;
 pub use plugin::{InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec};
-pub use state::{RequestContext, Usage};
+pub use state::{RequestContext, Usage, UsageSink};

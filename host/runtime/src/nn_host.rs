@@ -237,7 +237,11 @@ impl inference::HostGraphExecutionContext for PluginState {
             named.push(NamedTensor { name, tensor });
         }
         let span = tracing::debug_span!("nn.compute", model = %model.spec().name);
-        match model.compute(&context, named).instrument(span).await {
+        match model
+            .compute(&context, named, &self.caller)
+            .instrument(span)
+            .await
+        {
             Ok(computed) => {
                 self.usage.compute_seconds += computed.compute.as_secs_f64();
                 let mut outputs = Vec::with_capacity(computed.outputs.len());
@@ -252,6 +256,15 @@ impl inference::HostGraphExecutionContext for PluginState {
                     retry_after,
                 }))
             }
+            Err(NnError::QueueTimeout {
+                model,
+                after,
+                retry_after,
+            }) => Err(wasmtime::Error::new(HostAbort::QueueTimeout {
+                model,
+                after,
+                retry_after,
+            })),
             Err(NnError::Timeout { model, after }) => {
                 Err(wasmtime::Error::new(HostAbort::InferenceTimeout {
                     model,

@@ -25,7 +25,7 @@ use crate::engine::{CacheOutcome, Runtime};
 use crate::limits::{Limits, configure_store};
 use crate::manifest::Manifest;
 use crate::nn_host::{ModelTable, NnState};
-use crate::state::{HostAbort, PluginState, RequestContext, Usage};
+use crate::state::{HostAbort, PluginState, RequestContext, Usage, UsageSink};
 
 /// What the operator declared about one plugin.
 #[derive(Clone, Debug)]
@@ -61,6 +61,8 @@ pub struct PluginRequest {
     pub context: RequestContext,
     /// The route streams its response: pass the body through as the plugin writes it.
     pub streaming: bool,
+    /// Receives the request's usage once the plugin instance is gone.
+    pub usage_sink: Option<UsageSink>,
 }
 
 /// A plugin response: read in full, or (a successful response of a streaming route) a body
@@ -132,6 +134,12 @@ pub enum InvokeError {
     #[error("model `{model}` is busy: its queue is full")]
     QueueFull {
         model: String,
+        retry_after: Duration,
+    },
+    #[error("model `{model}` stayed busy: no compute slot within {after:?}")]
+    QueueTimeout {
+        model: String,
+        after: Duration,
         retry_after: Duration,
     },
     #[error("model `{model}` did not answer within {after:?}")]
@@ -252,12 +260,13 @@ impl Plugin {
             .await
             .map_err(|_| InvokeError::NoResponse)?;
         let started = Instant::now();
-        let state = PluginState::new(
+        let mut state = PluginState::new(
             self.name.clone(),
             &self.limits,
             self.nn.clone(),
             Arc::new(request.context),
         );
+        state.usage_sink = request.usage_sink;
         let mut store = Store::new(self.pre.engine(), state);
         configure_store(&mut store, &self.limits);
 
@@ -374,6 +383,15 @@ impl Plugin {
                 HostAbort::CpuTimeExceeded => InvokeError::CpuTimeout,
                 HostAbort::QueueFull { model, retry_after } => InvokeError::QueueFull {
                     model: model.clone(),
+                    retry_after: *retry_after,
+                },
+                HostAbort::QueueTimeout {
+                    model,
+                    after,
+                    retry_after,
+                } => InvokeError::QueueTimeout {
+                    model: model.clone(),
+                    after: *after,
                     retry_after: *retry_after,
                 },
                 HostAbort::InferenceTimeout { model, after } => InvokeError::InferenceTimeout {

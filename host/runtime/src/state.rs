@@ -22,7 +22,13 @@ pub struct RequestContext {
     pub route: String,
     /// Path parameters of the matched route.
     pub params: Vec<(String, String)>,
+    /// The tenant's weight in the models' fair queues (0 counts as 1).
+    pub priority: u32,
 }
+
+/// Called once with a request's usage when its plugin instance is gone (normal end, error,
+/// timeout or a client that went away), so quotas are charged for whatever really ran.
+pub type UsageSink = Box<dyn FnOnce(Usage) + Send>;
 
 /// Usage a plugin reported during one request, plus what the host measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -42,6 +48,12 @@ pub enum HostAbort {
     #[error("model `{model}` has a full queue")]
     QueueFull {
         model: String,
+        retry_after: std::time::Duration,
+    },
+    #[error("model `{model}` had no free compute slot within {after:?}")]
+    QueueTimeout {
+        model: String,
+        after: std::time::Duration,
         retry_after: std::time::Duration,
     },
     #[error("model `{model}` did not answer within {after:?}")]
@@ -71,6 +83,10 @@ pub struct PluginState {
     pub plugin: Arc<str>,
     /// Usage reported by the plugin and measured by the host.
     pub usage: Usage,
+    /// Receives `usage` when this state is dropped.
+    pub usage_sink: Option<UsageSink>,
+    /// Who the plugin computes for, in the models' fair queues.
+    pub caller: infergate_nn::Caller,
     /// Deny-all hooks for outgoing HTTP.
     pub http_hooks: DenyOutbound,
 }
@@ -94,9 +110,14 @@ impl PluginState {
             limiter: Limiter::new(limits),
             cpu_ticks: 0,
             nn,
+            caller: infergate_nn::Caller {
+                tenant: Arc::from(request.tenant.as_str()),
+                weight: request.priority.max(1),
+            },
             request,
             plugin,
             usage: Usage::default(),
+            usage_sink: None,
             http_hooks: DenyOutbound,
         }
     }
@@ -140,5 +161,13 @@ impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
             > + Send,
     > {
         Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
+    }
+}
+
+impl Drop for PluginState {
+    fn drop(&mut self) {
+        if let Some(sink) = self.usage_sink.take() {
+            sink(self.usage);
+        }
     }
 }

@@ -76,6 +76,7 @@ pub fn routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
             put(put_plugin).delete(delete_plugin),
         )
         .route("/admin/plugins/{name}/rollback", post(rollback))
+        .route("/admin/usage/{tenant}", get(tenant_usage_admin))
         .route("/admin/models", get(list_models))
         .route("/admin/models/{name}", put(put_model).delete(delete_model))
         .layer(DefaultBodyLimit::max(max_upload_bytes))
@@ -196,6 +197,29 @@ fn describe(m: &crate::registry::Mounted) -> Value {
     })
 }
 
+/// A tenant's usage (requests, tokens, compute seconds) and the state of its limits.
+async fn tenant_usage_admin(
+    _: Admin,
+    State(state): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Json<Value> {
+    Json(state.quotas.report(&tenant, None).await)
+}
+
+/// The caller's own usage and limits, for its tenant and its key.
+async fn tenant_usage(
+    State(state): State<Arc<AppState>>,
+    headers: http::HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let principal = state.keys.authenticate(&headers)?;
+    Ok(Json(
+        state
+            .quotas
+            .report(&principal.tenant, Some(&principal.key_id))
+            .await,
+    ))
+}
+
 async fn list_models(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(json!({"models": state.registry.models().await}))
 }
@@ -268,6 +292,7 @@ impl FromRequestParts<Arc<AppState>> for TenantCaller {
 
 pub fn tenant_routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
     Router::new()
+        .route("/tenant/usage", get(tenant_usage))
         .route("/tenant/plugins", get(tenant_list))
         .route(
             "/tenant/plugins/{name}",

@@ -116,6 +116,10 @@ impl From<InvokeError> for ApiError {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message)
                     .retry_after(retry_after)
             }
+            InvokeError::QueueTimeout { retry_after, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", message)
+                    .retry_after(retry_after)
+            }
             InvokeError::InferenceTimeout { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "inference_timeout", message)
             }

@@ -17,8 +17,13 @@ use infergate_runtime::engine::CacheOutcome;
 use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
 use serde_json::{Value, json};
 
+use std::net::{IpAddr, SocketAddr};
+
+use axum::extract::ConnectInfo;
+
 use crate::auth::KeyStore;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
+use crate::quota::Subject;
 use crate::registry::{Mounted, Registry};
 use crate::router::Match;
 
@@ -34,6 +39,8 @@ pub struct AppState {
     pub tenant_plugins: crate::config::TenantPluginsConfig,
     /// Request counts and latencies, for `/metrics`.
     pub metrics: crate::telemetry::Metrics,
+    /// Rate limits and quotas.
+    pub quotas: Arc<crate::quota::Quotas>,
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -150,13 +157,21 @@ fn ensure_json_error(response: Response) -> Response {
     ApiError::new(status, code, reason).into_response()
 }
 
-/// Serves a plugin route.
-async fn dispatch(
-    State(state): State<Arc<AppState>>,
-    request: Request,
-) -> Result<Response, ApiError> {
+/// Serves a plugin route: auth → route → limits → [`serve`]; adds the `RateLimit-*` headers.
+async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match dispatch_inner(&state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn dispatch_inner(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
     let principal = state.keys.authenticate(request.headers())?;
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
     let (parts, body) = request.into_parts();
     let (target, params, relative_path) =
         match snapshot.router.find(&parts.method, parts.uri.path()) {
@@ -187,21 +202,55 @@ async fn dispatch(
         };
     let mounted = snapshot.plugins[target.plugin].clone();
     let started = std::time::Instant::now();
-    let result = serve(
-        &mounted,
-        target.route,
-        parts,
-        body,
-        principal,
-        params,
-        relative_path,
-    )
-    .await;
-    let status = result.as_ref().map_or_else(|e| e.status, |r| r.status());
+    let request_id = current_request_id();
+    let admitted = state
+        .quotas
+        .admit(&Subject {
+            tenant: &principal.tenant,
+            key_id: &principal.key_id,
+            ip: state.quotas.client_ip(peer, &parts.headers),
+            plugin: &mounted.name,
+            route: &mounted.plugin.manifest.routes[target.route].path.raw,
+            key_limits: &[],
+            tenant_limits: &[],
+            request_id: &request_id,
+            lease: mounted.plugin.limits.wall_time(),
+        })
+        .await;
+    let (result, limit_headers) = match admitted {
+        Ok(admission) => {
+            let headers = admission.headers.clone();
+            let priority = state.quotas.priority(&principal.tenant, None);
+            let call = Call {
+                principal,
+                priority,
+                params,
+                relative_path,
+                admission,
+            };
+            (
+                serve(&mounted, target.route, parts, body, call).await,
+                headers,
+            )
+        }
+        Err(refusal) => (Err(refusal.error), refusal.headers),
+    };
+    let mut response = result.unwrap_or_else(IntoResponse::into_response);
+    response.headers_mut().extend(limit_headers);
     state
         .metrics
-        .record(&mounted, target.route, status, started.elapsed());
-    result
+        .record(&mounted, target.route, response.status(), started.elapsed());
+    Ok(response)
+}
+
+/// Who calls a matched route, and with what.
+struct Call {
+    principal: crate::auth::Principal,
+    /// The tenant's weight in the models' fair queues.
+    priority: u32,
+    params: Vec<(String, String)>,
+    relative_path: String,
+    admission: crate::quota::Admission,
 }
 
 /// Runs one matched route: body limit, schema validation, the plugin call, the response.
@@ -210,10 +259,15 @@ async fn serve(
     route_index: usize,
     parts: http::request::Parts,
     body: Body,
-    principal: crate::auth::Principal,
-    params: Vec<(String, String)>,
-    relative_path: String,
+    call: Call,
 ) -> Result<Response, ApiError> {
+    let Call {
+        principal,
+        priority,
+        params,
+        relative_path,
+        admission,
+    } = call;
     let route = &mounted.plugin.manifest.routes[route_index];
     let limits = &mounted.plugin.limits;
 
@@ -270,7 +324,10 @@ async fn serve(
         claims: Vec::new(),
         route: route.path.raw.clone(),
         params,
+        priority,
     };
+    let budgets = admission.has_budgets();
+    let (usage_sink, settled) = admission.into_sink();
     let response = mounted
         .plugin
         .handle(PluginRequest {
@@ -280,8 +337,14 @@ async fn serve(
             body,
             context,
             streaming: route.streaming,
+            usage_sink: Some(usage_sink),
         })
         .await?;
+    if budgets && matches!(response.body, PluginBody::Full(_)) {
+        // Charge tokens and compute time before answering, so the caller's next request
+        // already sees them (a shared store answers within its timeout).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), settled).await;
+    }
 
     let mut out = Response::builder().status(response.status);
     if let Some(h) = out.headers_mut() {

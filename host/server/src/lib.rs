@@ -7,6 +7,7 @@
 //! - [`admin`]: the operator API under `/admin` (plugins and models).
 //! - [`error`]: the one error type and JSON error shape.
 //! - [`auth`]: who is calling (API keys for now).
+//! - [`quota`]: rate limits, token and compute quotas, concurrency caps; memory or Redis.
 //! - [`router`]: the pure route table built from plugin manifests.
 //! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
 //!   requests are served from, swapped atomically.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod openapi;
+pub mod quota;
 pub mod registry;
 pub mod router;
 pub mod telemetry;
@@ -55,6 +57,8 @@ pub async fn run(
     admin_key: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
+    quotas.start();
     let state = Arc::new(AppState {
         registry: Registry::default(),
         keys,
@@ -62,6 +66,7 @@ pub async fn run(
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_plugins: config.tenant_plugins.clone(),
         metrics: telemetry::Metrics::default(),
+        quotas,
     });
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let loader_state = state.clone();

@@ -94,6 +94,7 @@ pub struct ModelInfo {
     pub concurrency: usize,
     pub queue_depth: usize,
     pub timeout_ms: u64,
+    pub queue_timeout_ms: u64,
     pub stats: serde_json::Value,
 }
 
@@ -446,6 +447,7 @@ impl Registry {
                     concurrency: spec.concurrency,
                     queue_depth: spec.queue_depth,
                     timeout_ms: spec.timeout.as_millis() as u64,
+                    queue_timeout_ms: spec.queue_timeout.as_millis() as u64,
                     stats: serde_json::json!({
                         "queued": stats.queued,
                         "running": stats.running,
