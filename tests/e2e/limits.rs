@@ -319,6 +319,20 @@ limit = "3/minute"
     }
     println!("outage: 20 requests answered in {:?}", started.elapsed());
     assert!(open.alive() && closed.alive());
+    let metrics = c
+        .get(open.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let errors: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("infergate_limit_store_errors_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("the store error counter");
+    assert!(errors >= 10, "{errors} store errors counted");
 
     // Redis comes back (empty): both hosts limit again by themselves.
     let _redis = OwnRedis::start(redis.port);

@@ -88,7 +88,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let models = state.registry.models().await;
-    let text = state.metrics.render(&models);
+    let text = state.metrics.render(&models, state.quotas.store_errors());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

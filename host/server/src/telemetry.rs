@@ -1,5 +1,6 @@
 //! Metrics: requests to plugin routes (count and latency to the response head, by plugin, route
-//! and status) and the models' queues and compute time, rendered as Prometheus text at
+//! and status; refusals by limits show as 429s), the models' queues and compute time, and limit
+//! store errors, rendered as Prometheus text at
 //! `/metrics`. Recorded once per request by [`crate::http`]; nothing else writes here.
 
 use std::collections::BTreeMap;
@@ -52,7 +53,7 @@ impl Metrics {
         h.sum += seconds;
     }
 
-    pub fn render(&self, models: &[ModelInfo]) -> String {
+    pub fn render(&self, models: &[ModelInfo], limit_store_errors: u64) -> String {
         let mut out = String::new();
         out.push_str("# HELP infergate_request_duration_seconds Plugin route requests: time to the response head.\n");
         out.push_str("# TYPE infergate_request_duration_seconds histogram\n");
@@ -114,6 +115,12 @@ impl Metrics {
                 let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&m.name));
             }
         }
+        let _ = writeln!(
+            out,
+            "# HELP infergate_limit_store_errors_total Limit checks the store (Redis) could not answer; on_store_error decided them.\n\
+             # TYPE infergate_limit_store_errors_total counter\n\
+             infergate_limit_store_errors_total {limit_store_errors}"
+        );
         out
     }
 }

@@ -227,6 +227,8 @@ pub struct Quotas {
     on_store_error: FailPolicy,
     trusted_proxies: Vec<ipnet::IpNet>,
     prefix: String,
+    /// Checks the store could not answer.
+    store_errors: std::sync::atomic::AtomicU64,
 }
 
 impl Quotas {
@@ -298,6 +300,7 @@ impl Quotas {
             on_store_error: config.on_store_error,
             trusted_proxies,
             prefix,
+            store_errors: Default::default(),
         })
     }
 
@@ -324,6 +327,11 @@ impl Quotas {
                 }
             }
         });
+    }
+
+    /// Limit checks the store could not answer so far.
+    pub fn store_errors(&self) -> u64 {
+        self.store_errors.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The client's address: the peer, or what trusted proxies say in `X-Forwarded-For`.
@@ -424,6 +432,8 @@ impl Quotas {
         let decisions = match self.store.check(&checks, s.request_id).await {
             Ok(d) => d,
             Err(e) => {
+                self.store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return match self.on_store_error {
                     FailPolicy::Allow => {
                         tracing::warn!("limits not checked, letting the request in: {e}");
