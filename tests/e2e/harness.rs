@@ -216,6 +216,7 @@ pub fn admin() -> reqwest::Client {
     client_with(ADMIN_KEY)
 }
 
+/// An HTTP client with `key` as its bearer credential.
 pub fn client_with(key: &str) -> reqwest::Client {
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(

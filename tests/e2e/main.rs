@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod auth;
 mod http_basics;
 mod limits;
 mod models;

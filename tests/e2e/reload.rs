@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, admin, client, expect_error, model, wasm};
+use crate::harness::{Host, admin, client, client_with, expect_error, model, wasm};
 
 fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(wasm(name)).unwrap()
@@ -468,7 +468,7 @@ max_memory_bytes = 33554432
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["mount"], "/t/acme/greeter");
     assert_eq!(
-        serving(&client(), &host.url("/t/acme/greeter/version"))
+        serving(&client_with(ACME), &host.url("/t/acme/greeter/version"))
             .await
             .unwrap(),
         "v1"
@@ -485,7 +485,7 @@ max_memory_bytes = 33554432
         200
     );
     assert_eq!(
-        serving(&client(), &host.url("/t/acme/greeter/version"))
+        serving(&client_with(ACME), &host.url("/t/acme/greeter/version"))
             .await
             .unwrap(),
         "v2"
@@ -498,7 +498,7 @@ max_memory_bytes = 33554432
         200
     );
     assert_eq!(
-        serving(&client(), &host.url("/t/acme/greeter/version"))
+        serving(&client_with(ACME), &host.url("/t/acme/greeter/version"))
             .await
             .unwrap(),
         "v1"
@@ -604,8 +604,9 @@ max_memory_bytes = 33554432
             .status(),
         204
     );
+    // A tenant's plugins are private to it (see auth.rs); after deletion, gone for it too.
     expect_error(
-        client()
+        client_with(ACME)
             .get(host.url("/t/acme/greeter/version"))
             .send()
             .await

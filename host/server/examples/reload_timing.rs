@@ -8,7 +8,6 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use infergate::auth::{KeyStore, Principal};
 use infergate::config::Config;
 
 const KEY: &str = "bench-key-0123456789";
@@ -48,15 +47,11 @@ models = ["digits"]
         root = root.display()
     );
     let config = Config::parse(&config, root).unwrap();
-    let mut keys = KeyStore::default();
-    keys.insert(
-        KEY,
-        Principal {
-            tenant: "bench".into(),
-            key_id: "bench".into(),
-            scopes: vec![],
-        },
-    );
+    let mut config = config;
+    config.auth.database = Some(cache.join("auth.db").display().to_string());
+    let keys = infergate::auth::Auth::new(&config, Some(KEY))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

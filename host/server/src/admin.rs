@@ -211,7 +211,7 @@ async fn tenant_usage(
     State(state): State<Arc<AppState>>,
     headers: http::HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let principal = state.keys.authenticate(&headers)?;
+    let principal = state.auth.authenticate(&headers).await?;
     Ok(Json(
         state
             .quotas
@@ -278,7 +278,7 @@ impl FromRequestParts<Arc<AppState>> for TenantCaller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Self, ApiError> {
-        let principal = state.keys.authenticate(&parts.headers)?;
+        let principal = state.auth.authenticate(&parts.headers).await?;
         if !state.tenant_plugins.enabled {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,

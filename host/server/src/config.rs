@@ -58,6 +58,19 @@ pub struct AuthConfig {
     /// API keys declared in the config. `INFERGATE_API_KEY` adds one for tenant `default`.
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    /// Where tenants, keys and token signing keys live: `postgres://...`, `sqlite://...` or a
+    /// SQLite file path. Default: `infergate.db` beside the config file (the embedded default:
+    /// the user's data directory).
+    pub database: Option<String>,
+    /// JWT issuers whose tokens are accepted.
+    #[serde(default)]
+    pub jwt: Vec<crate::auth::jwt::IssuerConfig>,
+    /// The host's own OAuth2 token endpoint and the tokens it signs.
+    #[serde(default)]
+    pub oauth: crate::auth::oauth::OauthConfig,
+    /// Who may see which plugin (default: operator plugins public, tenant plugins private).
+    #[serde(default)]
+    pub plugins: Vec<crate::auth::PluginAccessConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,7 +82,8 @@ pub struct ApiKeyConfig {
     pub key: String,
     #[serde(default = "default_tenant")]
     pub tenant: String,
-    #[serde(default)]
+    /// What the key may call (see `auth` for the scope language); default everything.
+    #[serde(default = "crate::auth::all_scopes")]
     pub scopes: Vec<String>,
 }
 
@@ -332,7 +346,14 @@ impl Config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("reading config file {}", path.display()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base).with_context(|| format!("in config file {}", path.display()))
+        let mut config = Self::parse(&text, base)
+            .with_context(|| format!("in config file {}", path.display()))?;
+        // The key database defaults to a SQLite file beside the config.
+        config
+            .auth
+            .database
+            .get_or_insert_with(|| base.join("infergate.db").display().to_string());
+        Ok(config)
     }
 
     /// The embedded default; its relative paths are resolved against `home`.
@@ -366,6 +387,13 @@ impl Config {
         }
         if let Some(p) = self.plugins_dir.as_mut() {
             resolve(p)
+        }
+        if let Some(db) = self.auth.database.as_mut()
+            && !db.contains("://")
+            && !db.starts_with("sqlite:")
+            && Path::new(db.as_str()).is_relative()
+        {
+            *db = base.join(&*db).display().to_string();
         }
     }
 
@@ -423,6 +451,7 @@ impl Config {
                 k.id
             );
         }
+        crate::auth::validate_config(&self.auth)?;
         Ok(())
     }
 

@@ -21,7 +21,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::ConnectInfo;
 
-use crate::auth::KeyStore;
 use crate::error::{ApiError, REQUEST_ID, current_request_id};
 use crate::quota::Subject;
 use crate::registry::{Mounted, Registry};
@@ -30,7 +29,8 @@ use crate::router::Match;
 /// State shared by every request.
 pub struct AppState {
     pub registry: Registry,
-    pub keys: KeyStore,
+    /// Credentials and who may call what.
+    pub auth: Arc<crate::auth::Auth>,
     /// The admin credential; `None` turns the admin API off.
     pub admin: Option<crate::admin::AdminKey>,
     /// Largest plugin upload through the admin API.
@@ -46,6 +46,7 @@ pub struct AppState {
 pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(crate::admin::routes(state.max_upload_bytes))
+        .merge(crate::auth::routes())
         .merge(crate::admin::tenant_routes(
             state.tenant_plugins.max_upload_bytes,
         ))
@@ -92,9 +93,18 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-async fn openapi(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
+async fn openapi(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
-    Ok(axum::Json(crate::openapi::document(&snapshot)).into_response())
+    // Each caller sees the plugins visible to its tenant; anonymous callers the public ones.
+    let tenant = match state.auth.authenticate(&headers).await {
+        Ok(p) => p.tenant,
+        Err(_) => String::new(),
+    };
+    let visible = |m: &Mounted| state.auth.visible(&tenant, m);
+    Ok(axum::Json(crate::openapi::document(&snapshot, visible)).into_response())
 }
 
 /// Gives every request an id (the client's `X-Request-Id` if it is sane), echoes it on the
@@ -167,7 +177,7 @@ async fn dispatch(State(state): State<Arc<AppState>>, request: Request) -> Respo
 
 async fn dispatch_inner(state: &AppState, request: Request) -> Result<Response, ApiError> {
     let snapshot = state.registry.snapshot().ok_or_else(ApiError::not_ready)?;
-    let principal = state.keys.authenticate(request.headers())?;
+    let principal = state.auth.authenticate(request.headers()).await?;
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -201,6 +211,7 @@ async fn dispatch_inner(state: &AppState, request: Request) -> Result<Response, 
             }
         };
     let mounted = snapshot.plugins[target.plugin].clone();
+    state.auth.authorize(&principal, &mounted, target.route)?;
     let started = std::time::Instant::now();
     let request_id = current_request_id();
     let admitted = state
@@ -211,8 +222,8 @@ async fn dispatch_inner(state: &AppState, request: Request) -> Result<Response, 
             ip: state.quotas.client_ip(peer, &parts.headers),
             plugin: &mounted.name,
             route: &mounted.plugin.manifest.routes[target.route].path.raw,
-            key_limits: &[],
-            tenant_limits: &[],
+            key_limits: &principal.limits,
+            tenant_limits: &principal.tenant_limits,
             request_id: &request_id,
             lease: mounted.plugin.limits.wall_time(),
         })
@@ -220,7 +231,9 @@ async fn dispatch_inner(state: &AppState, request: Request) -> Result<Response, 
     let (result, limit_headers) = match admitted {
         Ok(admission) => {
             let headers = admission.headers.clone();
-            let priority = state.quotas.priority(&principal.tenant, None);
+            // A priority stored with the tenant (other than the default 1) wins over the config.
+            let stored = (principal.priority != 1).then_some(principal.priority);
+            let priority = state.quotas.priority(&principal.tenant, stored);
             let call = Call {
                 principal,
                 priority,
@@ -321,7 +334,7 @@ async fn serve(
         tenant: principal.tenant,
         key_id: Some(principal.key_id),
         scopes: principal.scopes,
-        claims: Vec::new(),
+        claims: principal.claims,
         route: route.path.raw.clone(),
         params,
         priority,

@@ -6,7 +6,8 @@
 //! - [`http`]: the HTTP surface — built-in endpoints, request ids, the dispatch pipeline.
 //! - [`admin`]: the operator API under `/admin` (plugins and models).
 //! - [`error`]: the one error type and JSON error shape.
-//! - [`auth`]: who is calling (API keys for now).
+//! - [`auth`]: who is calling (API keys, JWTs, host-issued OAuth2 tokens), tenants, and what
+//!   each may call; the `/oauth` token endpoint and the admin API for tenants and keys.
 //! - [`quota`]: rate limits, token and compute quotas, concurrency caps; memory or Redis.
 //! - [`router`]: the pure route table built from plugin manifests.
 //! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
@@ -41,7 +42,6 @@ use infergate_nn::{BackendOptions, Models};
 use infergate_runtime::{ModelTable, Runtime, RuntimeOptions};
 use tokio::net::TcpListener;
 
-use crate::auth::KeyStore;
 use crate::config::Config;
 use crate::http::AppState;
 use crate::registry::{Registry, Source};
@@ -53,7 +53,7 @@ use crate::registry::{Registry, Source};
 pub async fn run(
     listener: TcpListener,
     config: Config,
-    keys: KeyStore,
+    auth: Arc<auth::Auth>,
     admin_key: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -61,7 +61,7 @@ pub async fn run(
     quotas.start();
     let state = Arc::new(AppState {
         registry: Registry::default(),
-        keys,
+        auth,
         admin: admin_key.map(|k| admin::AdminKey::new(&k)),
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_plugins: config.tenant_plugins.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use infergate::auth::{KeyStore, Principal, generate_key};
+use infergate::auth::generate_key;
 use infergate::config::Config;
 use tokio::net::TcpListener;
 
@@ -31,6 +31,67 @@ enum Command {
         #[arg(long, short)]
         listen: Option<SocketAddr>,
     },
+    /// Manage API keys in the auth database of a local install.
+    Keys {
+        /// The config file whose `[auth] database` to use (default: the embedded default's).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Manage tenants in the auth database of a local install.
+    Tenants {
+        /// The config file whose `[auth] database` to use (default: the embedded default's).
+        #[arg(long, short, global = true)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: TenantsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (the only time the secret is shown).
+    Create {
+        #[arg(long)]
+        tenant: String,
+        /// Comma-separated scopes (default `*`).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Option<Vec<String>>,
+        /// Comma-separated limit policies, e.g. `60/minute,1000/day`.
+        #[arg(long, value_delimiter = ',')]
+        limits: Vec<String>,
+        /// Lifetime: `30d`, `12h`, `90m` or seconds.
+        #[arg(long)]
+        expires: Option<String>,
+        /// A note on what the key is for.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List keys (never their secrets).
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a key by id.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum TenantsCommand {
+    Create {
+        id: String,
+        #[arg(long, default_value_t = 1)]
+        priority: u32,
+        /// Comma-separated limit policies, e.g. `60/minute,1000/day`.
+        #[arg(long, value_delimiter = ',')]
+        limits: Vec<String>,
+    },
+    List,
+    /// Delete a tenant and revoke its keys.
+    Delete {
+        id: String,
+    },
 }
 
 #[tokio::main]
@@ -45,6 +106,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::Keys { config, command } => keys(config, command).await,
+        Command::Tenants { config, command } => tenants(config, command).await,
     }
 }
 
@@ -58,7 +121,7 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let keys = key_store(&config);
+    let auth = infergate::auth::Auth::new(&config, env_key(&config).as_deref()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -72,40 +135,139 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
     if admin_key.is_none() {
         tracing::info!("no admin key (INFERGATE_ADMIN_KEY or [admin] key): the admin API is off");
     }
-    infergate::run(listener, config, keys, admin_key, shutdown_signal()).await
+    infergate::run(listener, config, auth, admin_key, shutdown_signal()).await
 }
 
-/// Keys from the config, plus `INFERGATE_API_KEY` for tenant `default` (generated and printed
-/// when unset and the config declares no keys).
-fn key_store(config: &Config) -> KeyStore {
-    let mut keys = KeyStore::default();
-    for k in &config.auth.api_keys {
-        keys.insert(
-            &k.key,
-            Principal {
-                tenant: k.tenant.clone(),
-                key_id: k.id.clone(),
-                scopes: k.scopes.clone(),
-            },
-        );
-    }
-    let default_principal = Principal {
-        tenant: "default".into(),
-        key_id: "env".into(),
-        scopes: vec![],
-    };
+/// The key of tenant `default`: `INFERGATE_API_KEY`, else (when the config declares no keys)
+/// generated and printed.
+fn env_key(config: &Config) -> Option<String> {
     match std::env::var("INFERGATE_API_KEY") {
-        Ok(key) if !key.is_empty() => keys.insert(&key, default_principal),
-        _ if keys.is_empty() => {
+        Ok(key) if !key.is_empty() => Some(key),
+        _ if config.auth.api_keys.is_empty() => {
             let key = generate_key();
             println!(
                 "INFERGATE_API_KEY is not set; generated an API key for tenant `default`: {key}"
             );
-            keys.insert(&key, default_principal);
+            Some(key)
         }
-        _ => {}
+        _ => None,
     }
-    keys
+}
+
+/// The auth database of a config file, or of the embedded default.
+async fn open_db(config: Option<PathBuf>) -> anyhow::Result<infergate::auth::keys::KeyStore> {
+    let config = match &config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::embedded(&infergate::home())?,
+    };
+    let db = infergate::auth::db::Db::open(&infergate::auth::database_url(&config)).await?;
+    Ok(infergate::auth::keys::KeyStore::new(db))
+}
+
+/// `30d`, `12h`, `90m`, `45s` or plain seconds.
+fn parse_duration_s(text: &str) -> anyhow::Result<i64> {
+    let (n, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: i64 = n
+        .parse()
+        .with_context(|| format!("`{text}` is not a duration"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => anyhow::bail!("`{text}`: use s, m, h or d"),
+    };
+    Ok(n * unit)
+}
+
+async fn keys(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<()> {
+    let store = open_db(config).await?;
+    match command {
+        KeysCommand::Create {
+            tenant,
+            scopes,
+            limits,
+            expires,
+            name,
+        } => {
+            let expires_at = match expires {
+                Some(e) => Some(infergate_now() + parse_duration_s(&e)?),
+                None => None,
+            };
+            anyhow::ensure!(
+                infergate::auth::admin::valid_tenant(&tenant),
+                "tenant ids are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`"
+            );
+            if store.tenant(&tenant).await?.is_none() {
+                store.create_tenant(&tenant, 1, &[]).await?;
+                eprintln!("created tenant `{tenant}`");
+            }
+            let new = infergate::auth::admin::new_key(
+                tenant,
+                scopes.unwrap_or_else(infergate::auth::all_scopes),
+                limits,
+                name,
+                expires_at,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let (record, key) = store.create_key(new).await?;
+            eprintln!(
+                "key `{}` for tenant `{}` (scopes: {}); the secret is shown only now:",
+                record.id,
+                record.tenant,
+                record.scopes.join(" ")
+            );
+            println!("{key}");
+        }
+        KeysCommand::List { tenant } => {
+            for k in store.keys(tenant.as_deref()).await? {
+                println!("{}", serde_json::to_string(&k)?);
+            }
+        }
+        KeysCommand::Revoke { id } => {
+            store.revoke(&id).await?;
+            eprintln!("revoked key `{id}`");
+        }
+    }
+    Ok(())
+}
+
+async fn tenants(config: Option<PathBuf>, command: TenantsCommand) -> anyhow::Result<()> {
+    let store = open_db(config).await?;
+    match command {
+        TenantsCommand::Create {
+            id,
+            priority,
+            limits,
+        } => {
+            anyhow::ensure!(
+                infergate::auth::admin::valid_tenant(&id),
+                "tenant ids are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`"
+            );
+            infergate::auth::admin::validate_limits(&limits).map_err(anyhow::Error::msg)?;
+            let t = store.create_tenant(&id, priority, &limits).await?;
+            println!("{}", serde_json::to_string(&t)?);
+        }
+        TenantsCommand::List => {
+            for t in store.tenants().await? {
+                println!("{}", serde_json::to_string(&t)?);
+            }
+        }
+        TenantsCommand::Delete { id } => {
+            store.delete_tenant(&id).await?;
+            eprintln!("deleted tenant `{id}` and revoked its keys");
+        }
+    }
+    Ok(())
+}
+
+fn infergate_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn shutdown_signal() {

@@ -4,11 +4,16 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::registry::Snapshot;
+use crate::registry::{Mounted, Snapshot};
 
-pub fn document(snapshot: &Snapshot) -> Value {
+/// The document of the plugins `visible` admits (a caller never sees another tenant's private
+/// plugins).
+pub fn document(snapshot: &Snapshot, visible: impl Fn(&Mounted) -> bool) -> Value {
     let mut paths = Map::new();
     for mounted in &snapshot.plugins {
+        if !visible(mounted.as_ref()) {
+            continue;
+        }
         for route in &mounted.plugin.manifest.routes {
             let path = format!("{}{}", mounted.mount, route.path.raw);
             let path = if path.is_empty() {
