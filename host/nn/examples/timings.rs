@@ -65,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
                 timeout: Duration::from_secs(60),
                 queue_timeout: Duration::from_secs(60),
                 max_batch: None,
+                batching: None,
             };
             let models = Models::load(&[spec], &BackendOptions::default())?;
             let model = models.get(label).expect("loaded");

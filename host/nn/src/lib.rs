@@ -8,6 +8,7 @@
 //! - [`Models`] / [`Model`] (this file): every configured model, loaded once at start-up and
 //!   shared; a model is a backend [`Graph`] plus its scheduler.
 //! - `schedule`: the per-model bounded queue, concurrency limit, timeout and statistics.
+//! - `batch`: opportunistic batching of the inferences that wait at the same time.
 //! - `backend`: the backends, each behind wasmtime-wasi-nn's public traits
 //!   (`BackendInner`/`BackendGraph`/`BackendExecutionContext`), one file each:
 //!   `backend/tract.rs` (pure Rust, always built) and `backend/ort.rs` (ONNX Runtime, loaded
@@ -18,6 +19,7 @@
 //! lengths) and every backend call runs under `catch_unwind`.
 
 mod backend;
+mod batch;
 mod schedule;
 
 use std::collections::BTreeMap;
@@ -36,6 +38,7 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
 pub use backend::tract::TractBackend;
 pub use backend::{BackendInfo, list as backends};
+pub use batch::Batching;
 pub use schedule::{Caller, ModelStats};
 
 /// Which inference engine runs a model.
@@ -94,6 +97,8 @@ pub struct ModelSpec {
     /// The largest leading (batch) dimension any input may have; bounds the memory one compute
     /// can make the host allocate. `None`: no limit beyond the model's own shapes.
     pub max_batch: Option<u32>,
+    /// Run inferences that wait at the same time as one backend call (see `batch`).
+    pub batching: Option<Batching>,
 }
 
 /// Settings shared by all backends.
@@ -157,6 +162,11 @@ impl fmt::Debug for Computed {
     }
 }
 
+/// Inputs up to this size may be computed on the async thread when the model is quick (see
+/// `schedule`); bigger ones always go to the blocking pool, so a guest cannot stall a runtime
+/// thread with a large input to a normally tiny model.
+const INLINE_MAX_BYTES: usize = 16 * 1024;
+
 /// All models, loaded once; cheap to clone.
 #[derive(Clone, Default)]
 pub struct Models {
@@ -215,6 +225,7 @@ pub struct Model {
     /// e.g. "tract 0.23 (cpu)", "onnxruntime 1.32.0 (cuda)".
     description: String,
     scheduler: schedule::Scheduler,
+    batcher: Option<Arc<batch::Batcher>>,
 }
 
 impl fmt::Debug for Model {
@@ -231,6 +242,9 @@ impl Model {
         anyhow::ensure!(!spec.name.is_empty(), "the model name is empty");
         anyhow::ensure!(spec.concurrency >= 1, "concurrency must be at least 1");
         anyhow::ensure!(!spec.timeout.is_zero(), "timeout must be above zero");
+        if let Some(b) = spec.batching {
+            anyhow::ensure!(b.max_rows >= 1, "batching.max_rows must be at least 1");
+        }
         anyhow::ensure!(
             spec.path.is_file(),
             "model file {} does not exist",
@@ -251,6 +265,7 @@ impl Model {
                 spec.queue_depth,
                 spec.queue_timeout,
             ),
+            batcher: spec.batching.map(|b| Arc::new(batch::Batcher::new(b))),
             spec,
             graph: loaded.graph,
             description: loaded.description,
@@ -282,8 +297,9 @@ impl Model {
     }
 
     /// Runs one inference for `caller`: waits for a slot in the model's bounded, tenant-fair
-    /// queue, runs the backend on a blocking thread (never on the async runtime's threads), and
-    /// gives up after the model's timeout (queueing included).
+    /// queue, runs the backend on a blocking thread (or, for a model whose computes take
+    /// microseconds and small inputs, right on the async thread), and gives up after the
+    /// model's timeout (queueing included).
     pub async fn compute(
         &self,
         ctx: &Context,
@@ -300,16 +316,36 @@ impl Model {
                 t.name, t.tensor.dimensions[0], self.spec.name
             )));
         }
+        let inputs = match &self.batcher {
+            Some(batcher) => match batcher.push(inputs) {
+                Ok((ticket, reply)) => {
+                    return self
+                        .compute_batched(ctx, caller, batcher, ticket, reply)
+                        .await;
+                }
+                Err(inputs) => inputs,
+            },
+            None => inputs,
+        };
         let inner = ctx.inner.clone();
+        let small = inputs.iter().map(|t| t.tensor.data.len()).sum::<usize>() <= INLINE_MAX_BYTES;
         self.scheduler
-            .run(&self.spec.name, caller, self.spec.timeout, move || {
-                let mut ctx = inner
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                catch_panic(|| ctx.compute_with_io(inputs))
-                    .map_err(|panic| NnError::Backend(format!("the backend panicked: {panic}")))?
-                    .map_err(from_backend_error)
-            })
+            .run(
+                &self.spec.name,
+                caller,
+                self.spec.timeout,
+                small,
+                move || {
+                    let mut ctx = inner
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    catch_panic(|| ctx.compute_with_io(inputs))
+                        .map_err(|panic| {
+                            NnError::Backend(format!("the backend panicked: {panic}"))
+                        })?
+                        .map_err(from_backend_error)
+                },
+            )
             .await
             .map(|(outputs, queued, compute)| Computed {
                 outputs,
@@ -318,8 +354,68 @@ impl Model {
             })
     }
 
+    /// One inference of a batching model, already in the batcher's pending list: wait for a
+    /// slot and run a batch led by this inference, unless another slot's batch answers first.
+    async fn compute_batched(
+        &self,
+        ctx: &Context,
+        caller: &Caller,
+        batcher: &Arc<batch::Batcher>,
+        ticket: batch::Ticket<'_>,
+        mut reply: tokio::sync::oneshot::Receiver<batch::Reply>,
+    ) -> Result<Computed, NnError> {
+        let arrived = Instant::now();
+        let (batcher, inner, id) = (batcher.clone(), ctx.inner.clone(), ticket.id);
+        let lead = self.scheduler.run_if(
+            &self.spec.name,
+            caller,
+            self.spec.timeout,
+            false,
+            move || {
+                let jobs = batcher.take(id);
+                if jobs.is_empty() {
+                    return None;
+                }
+                let mut ctx = inner.lock().unwrap_or_else(|p| p.into_inner());
+                Some(if batcher.run(&mut ctx, jobs) {
+                    Ok(())
+                } else {
+                    Err(NnError::Backend("an inference of the batch failed".into()))
+                })
+            },
+        );
+        let answered = async {
+            tokio::select! {
+                biased;
+                answer = &mut reply => answer,
+                led = lead => match led {
+                    // This caller's slot ran a batch (its own inference included, or taken by
+                    // another batch): the answer is on its way or already there.
+                    Ok(_) | Err(NnError::Backend(_)) => reply.await,
+                    Err(refused) => Ok(Err(refused)),
+                },
+            }
+        };
+        let answer = tokio::time::timeout(self.spec.timeout, answered)
+            .await
+            .map_err(|_| NnError::Timeout {
+                model: self.spec.name.clone(),
+                after: self.spec.timeout,
+            })?;
+        drop(ticket);
+        let (outputs, compute) =
+            answer.map_err(|_| NnError::Backend("the batch ended without an answer".into()))??;
+        Ok(Computed {
+            outputs,
+            queued: arrived.elapsed().saturating_sub(compute),
+            compute,
+        })
+    }
+
     pub fn stats(&self) -> ModelStats {
-        self.scheduler.stats()
+        let mut stats = self.scheduler.stats();
+        stats.batched = self.batcher.as_ref().map_or(0, |b| b.batched());
+        stats
     }
 }
 

@@ -23,6 +23,10 @@ use tokio::sync::oneshot;
 
 use crate::NnError;
 
+/// Computes that recently took less than this on average may run on the calling async thread
+/// (tokio's guidance: well under 100 µs between awaits).
+const INLINE_BELOW: Duration = Duration::from_micros(50);
+
 /// A snapshot of one model's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct ModelStats {
@@ -40,6 +44,8 @@ pub struct ModelStats {
     pub timed_out: u64,
     /// Seconds spent computing, summed over all computes.
     pub busy_seconds_total: f64,
+    /// Inferences that ran inside a batch of several (a batch counts as one compute).
+    pub batched: u64,
 }
 
 /// Who asks for a compute, for fair queueing: the tenant and its weight (priority).
@@ -204,6 +210,13 @@ impl Counters {
         self.mean_compute_nanos.store(new.max(1), Ordering::Relaxed);
     }
 
+    /// Whether computes are quick enough to run on an async thread: measured, and under
+    /// [`INLINE_BELOW`] on average.
+    fn runs_inline(&self) -> bool {
+        let mean = self.mean_compute_nanos.load(Ordering::Relaxed);
+        mean != 0 && mean < INLINE_BELOW.as_nanos() as u64
+    }
+
     /// The expected cost of the next compute, in seconds (a millisecond before any sample).
     fn estimate_seconds(&self) -> f64 {
         match self.mean_compute_nanos.load(Ordering::Relaxed) {
@@ -254,18 +267,41 @@ impl Scheduler {
         }
     }
 
-    /// Runs `job` on the blocking pool once `caller` gets a slot; returns its result with the
-    /// time spent queueing and computing. `timeout` bounds the whole; the queue wait is also
-    /// bounded by the model's queue timeout.
+    /// Runs `job` once `caller` gets a slot; returns its result with the time spent queueing
+    /// and computing. `timeout` bounds the whole; the queue wait is also bounded by the model's
+    /// queue timeout. The job runs on the blocking pool, or right here when it is `small` (its
+    /// inputs are) and this model's computes recently took under [`INLINE_BELOW`]: a hop to
+    /// another thread would then cost more than the compute.
     pub(crate) async fn run<T, F>(
         &self,
         model: &str,
         caller: &Caller,
         timeout: Duration,
+        small: bool,
         job: F,
     ) -> Result<(T, Duration, Duration), NnError>
     where
         F: FnOnce() -> Result<T, NnError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (value, queued, compute) = self
+            .run_if(model, caller, timeout, small, move || Some(job()))
+            .await?;
+        Ok((value.expect("the job always computes"), queued, compute))
+    }
+
+    /// [`Scheduler::run`] for a job that may find nothing to compute once it holds the slot
+    /// (`None`: a batch already took its work); such a run is not counted as a compute.
+    pub(crate) async fn run_if<T, F>(
+        &self,
+        model: &str,
+        caller: &Caller,
+        timeout: Duration,
+        small: bool,
+        job: F,
+    ) -> Result<(Option<T>, Duration, Duration), NnError>
+    where
+        F: FnOnce() -> Option<Result<T, NnError>> + Send + 'static,
         T: Send + 'static,
     {
         let arrived = Instant::now();
@@ -297,11 +333,14 @@ impl Scheduler {
                 }
             };
             let queued = arrived.elapsed();
-            let counters = self.counters.clone();
-            let handle = tokio::task::spawn_blocking(move || run_holding(slot, &counters, job));
-            let (result, compute) = handle
-                .await
-                .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?;
+            let (result, compute) = if small && self.counters.runs_inline() {
+                run_holding(slot, &self.counters, job)
+            } else {
+                let counters = self.counters.clone();
+                tokio::task::spawn_blocking(move || run_holding(slot, &counters, job))
+                    .await
+                    .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?
+            };
             self.shared.settle(caller, estimate, compute.as_secs_f64());
             result.map(|value| (value, queued, compute))
         };
@@ -367,6 +406,7 @@ impl Scheduler {
             rejected: c.rejected.load(Ordering::Relaxed),
             timed_out: c.timed_out.load(Ordering::Relaxed),
             busy_seconds_total: c.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            batched: 0,
         }
     }
 }
@@ -380,16 +420,18 @@ enum Ticket<'a> {
 fn run_holding<T>(
     slot: Slot,
     counters: &Counters,
-    job: impl FnOnce() -> Result<T, NnError>,
-) -> (Result<T, NnError>, Duration) {
+    job: impl FnOnce() -> Option<Result<T, NnError>>,
+) -> (Result<Option<T>, NnError>, Duration) {
     counters.running.fetch_add(1, Ordering::Relaxed);
     let _running = Gauge(&counters.running);
     let started = Instant::now();
     let result = job();
     let elapsed = started.elapsed();
-    counters.record_compute(elapsed, result.is_ok());
+    if let Some(result) = &result {
+        counters.record_compute(elapsed, result.is_ok());
+    }
     drop(slot);
-    (result, elapsed)
+    (result.transpose(), elapsed)
 }
 
 #[cfg(test)]
@@ -433,7 +475,7 @@ mod fairness {
             };
             tasks.push(tokio::spawn(async move {
                 let tag = caller.tenant.clone();
-                s.run("m", &caller, Duration::from_secs(60), move || {
+                s.run("m", &caller, Duration::from_secs(60), false, move || {
                     std::thread::sleep(Duration::from_millis(3));
                     order.lock().unwrap().push(tag);
                     Ok(())
@@ -468,7 +510,7 @@ mod fairness {
                     tenant: Arc::from(tenant),
                     weight: 1,
                 };
-                s.run("m", &caller, Duration::from_secs(60), move || {
+                s.run("m", &caller, Duration::from_secs(60), false, move || {
                     std::thread::sleep(Duration::from_millis(3));
                     order.lock().unwrap().push(tenant);
                     Ok(())
@@ -499,16 +541,28 @@ mod fairness {
         let busy = {
             let s = s.clone();
             tokio::spawn(async move {
-                s.run("m", &Caller::default(), Duration::from_secs(10), || {
-                    std::thread::sleep(Duration::from_millis(300));
-                    Ok(())
-                })
+                s.run(
+                    "m",
+                    &Caller::default(),
+                    Duration::from_secs(10),
+                    false,
+                    || {
+                        std::thread::sleep(Duration::from_millis(300));
+                        Ok(())
+                    },
+                )
                 .await
             })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         let waited = s
-            .run("m", &Caller::default(), Duration::from_secs(10), || Ok(()))
+            .run(
+                "m",
+                &Caller::default(),
+                Duration::from_secs(10),
+                false,
+                || Ok(()),
+            )
             .await;
         assert!(
             matches!(waited, Err(NnError::QueueTimeout { .. })),
@@ -516,8 +570,14 @@ mod fairness {
         );
         busy.await.unwrap().unwrap();
         // The slot is free again afterwards.
-        s.run("m", &Caller::default(), Duration::from_secs(10), || Ok(()))
-            .await
-            .unwrap();
+        s.run(
+            "m",
+            &Caller::default(),
+            Duration::from_secs(10),
+            false,
+            || Ok(()),
+        )
+        .await
+        .unwrap();
     }
 }

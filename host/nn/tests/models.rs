@@ -41,6 +41,7 @@ fn spec(name: &str, path: PathBuf, backend: BackendKind, concurrency: usize) -> 
         timeout: Duration::from_secs(60),
         queue_timeout: Duration::from_secs(60),
         max_batch: None,
+        batching: None,
     }
 }
 
@@ -476,6 +477,105 @@ fn load_errors_name_the_model_and_file() {
     );
     assert!(err.contains("cpu only"), "{err}");
     assert!(Models::compiled_backends().contains(&BackendKind::Tract));
+}
+
+/// Mean of a `[1, len, width]` hidden state over its tokens, unit length.
+fn pooled(hidden: &Tensor) -> Vec<f32> {
+    let width = *hidden.dimensions.last().unwrap() as usize;
+    let values = read_f32(hidden);
+    let mut sum = vec![0f32; width];
+    for token in values.chunks_exact(width) {
+        sum.iter_mut().zip(token).for_each(|(s, v)| *s += v);
+    }
+    let norm = sum.iter().map(|v| v * v).sum::<f32>().sqrt();
+    sum.iter().map(|v| v / norm).collect()
+}
+
+/// Inferences that wait together run as one padded batch, and each caller gets back what it
+/// would have got alone (its own length; int8 dynamic quantization scales per batch, so equal
+/// up to a tiny difference).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_inferences_run_as_one_batch_with_the_same_results() {
+    let opts = BackendOptions::default();
+    let solo = load_one(spec("minilm", minilm_path(), BackendKind::Tract, 1), &opts);
+    let mut batching = spec("minilm", minilm_path(), BackendKind::Tract, 1);
+    batching.queue_depth = 16;
+    batching.batching = Some(infergate_nn::Batching {
+        max_rows: 16,
+        pad: true,
+    });
+    let batched = load_one(batching, &opts);
+
+    let lens: Vec<u32> = (6..14).collect();
+    let tasks: Vec<_> = lens
+        .iter()
+        .map(|&len| {
+            let model = batched.clone();
+            tokio::spawn(async move { compute(&model, minilm_inputs(1, len)).await })
+        })
+        .collect();
+    for (task, &len) in tasks.into_iter().zip(&lens) {
+        let together = task.await.unwrap().unwrap();
+        let hidden = &together.outputs[0].tensor;
+        assert_eq!(
+            hidden.dimensions,
+            vec![1, len, 384],
+            "cut back to its length"
+        );
+        let alone = compute(&solo, minilm_inputs(1, len)).await.unwrap();
+        let cos: f32 = pooled(hidden)
+            .iter()
+            .zip(pooled(&alone.outputs[0].tensor))
+            .map(|(a, b)| a * b)
+            .sum();
+        assert!(
+            cos > 0.999,
+            "length {len}: cosine {cos} with the solo result"
+        );
+    }
+    let stats = batched.stats();
+    println!(
+        "8 inferences: {} backend calls, {} batched",
+        stats.completed, stats.batched
+    );
+    assert!(stats.batched >= 2, "some ran together: {stats:?}");
+    assert!(
+        stats.completed < 8,
+        "fewer backend calls than inferences: {stats:?}"
+    );
+    assert_eq!(stats.queued, 0);
+}
+
+/// An input the backend refuses fails only its own caller, not the batch it was taken into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_input_in_a_batch_fails_only_its_caller() {
+    let mut s = spec("minilm", minilm_path(), BackendKind::Tract, 1);
+    s.queue_depth = 16;
+    s.batching = Some(infergate_nn::Batching {
+        max_rows: 16,
+        pad: true,
+    });
+    let model = load_one(s, &BackendOptions::default());
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let model = model.clone();
+            let mut inputs = minilm_inputs(1, 8);
+            if i == 3 {
+                // A token id far outside the vocabulary: the embedding lookup fails.
+                inputs[0] = i64s("input_ids", &[1, 8], &[101, 5, 9_999_999, 7, 8, 9, 10, 102]);
+            }
+            tokio::spawn(async move { compute(&model, inputs).await })
+        })
+        .collect();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let result = task.await.unwrap();
+        if i == 3 {
+            assert!(result.is_err(), "the bad input fails");
+        } else {
+            let out = result.unwrap_or_else(|e| panic!("caller {i} failed: {e}"));
+            assert_eq!(out.outputs[0].tensor.dimensions, vec![1, 8, 384]);
+        }
+    }
 }
 
 // ---- ONNX Runtime ----

@@ -263,6 +263,20 @@ pub struct ModelConfig {
     pub queue_timeout_ms: Option<u64>,
     /// Largest leading (batch) dimension of any input; bounds the memory one inference can take.
     pub max_batch: Option<u32>,
+    /// Inferences waiting at the same time run as one backend call, e.g.
+    /// `batching = { max_rows = 16, pad = true }` (see infergate-nn's `batch` module).
+    pub batching: Option<BatchingConfig>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchingConfig {
+    /// The most rows (inputs' leading dimension, summed) one backend call holds.
+    pub max_rows: u32,
+    /// Pad axis 1 (sequence length) with zeros so inputs of different lengths batch together,
+    /// and cut the outputs back (right for BERT-style encoders: padding id 0, attention mask 0).
+    #[serde(default)]
+    pub pad: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -472,6 +486,10 @@ impl ModelConfig {
             timeout: Duration::from_millis(self.timeout_ms),
             queue_timeout: Duration::from_millis(self.queue_timeout_ms.unwrap_or(self.timeout_ms)),
             max_batch: self.max_batch,
+            batching: self.batching.map(|b| infergate_nn::Batching {
+                max_rows: b.max_rows,
+                pad: b.pad,
+            }),
         }
     }
 }

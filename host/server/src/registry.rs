@@ -456,6 +456,7 @@ impl Registry {
                         "rejected": stats.rejected,
                         "timed_out": stats.timed_out,
                         "busy_seconds_total": stats.busy_seconds_total,
+                        "batched": stats.batched,
                     }),
                 }
             })

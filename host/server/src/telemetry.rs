@@ -87,7 +87,7 @@ impl Metrics {
             );
         }
         drop(requests);
-        let series: [(&str, &str, &str); 7] = [
+        let series: [(&str, &str, &str); 8] = [
             ("queued", "gauge", "Inferences waiting for a slot."),
             ("running", "gauge", "Inferences running."),
             ("completed", "counter", "Inferences the backend finished."),
@@ -103,6 +103,11 @@ impl Metrics {
                 "Inferences given up at the model's timeout.",
             ),
             ("busy_seconds_total", "counter", "Seconds of compute."),
+            (
+                "batched",
+                "counter",
+                "Inferences that ran batched with others (a batch is one completed).",
+            ),
         ];
         for (stat, kind, help) in series {
             let name = match stat {
