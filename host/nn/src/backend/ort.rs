@@ -369,15 +369,17 @@ impl RunModel for OrtModel {
 }
 
 impl OrtModel {
-    /// A free session, or (all busy, which the scheduler prevents) the next one in turn.
+    /// The first free session, or (all busy, which the scheduler prevents) the next one in
+    /// turn. Always trying the first one first keeps one session's copy of the weights and
+    /// its arena in the CPU caches while load is light: alternating between sessions would
+    /// have every inference fetch the whole model from memory again (MiniLM: 6.2 ms alone,
+    /// 7.7 ms alternating, one request at a time).
     fn session(&self) -> std::sync::MutexGuard<'_, Session> {
+        if let Some(session) = self.sessions.iter().find_map(|s| s.try_lock().ok()) {
+            return session;
+        }
         let n = self.sessions.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for k in 0..n {
-            if let Ok(session) = self.sessions[(start + k) % n].try_lock() {
-                return session;
-            }
-        }
         self.sessions[start % n]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
