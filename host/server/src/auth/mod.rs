@@ -335,7 +335,10 @@ pub fn database_url(config: &Config) -> String {
     if db.contains("://") || db.starts_with("sqlite:") {
         db
     } else {
-        format!("sqlite://{db}?mode=rwc")
+        // SQLite wants a plain file name: absolute, so `..` in a relative one cannot trip it.
+        let path = std::path::Path::new(&db);
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        format!("sqlite://{}?mode=rwc", path.display())
     }
 }
 
@@ -411,6 +414,23 @@ pub(crate) fn now_s() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A config in a relative directory naming `../data/keys.db` still opens its file.
+    #[test]
+    fn a_relative_sqlite_path_becomes_an_absolute_url() {
+        let config = Config::parse(
+            "[auth]\ndatabase = \"../data/keys.db\"\n",
+            std::path::Path::new("conf"),
+        )
+        .unwrap();
+        let url = database_url(&config);
+        let path = url
+            .strip_prefix("sqlite://")
+            .and_then(|u| u.strip_suffix("?mode=rwc"))
+            .unwrap();
+        assert!(std::path::Path::new(path).is_absolute(), "{url}");
+        assert!(path.ends_with("conf/../data/keys.db"), "{url}");
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
