@@ -2,13 +2,14 @@
 #   make serve   build and run the host on its embedded default (first-party plugins, bundled models)
 #   make test    run every test
 # Both install what they need first (wasm target, Python model tooling, the embedding model).
+# And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
 
 PYTHON ?= python3
 # ONNX Runtime for the optional backend and its tests: the library inside the PyPI wheel.
 ORT_DYLIB_PATH ?= $(shell $(PYTHON) -c 'import onnxruntime, glob, os; print((glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")) or [""])[0])' 2>/dev/null)
 export ORT_DYLIB_PATH
 
-.PHONY: serve test setup models
+.PHONY: serve test setup models bench
 
 serve: setup
 	cargo run --release -p infergate -- serve
@@ -26,3 +27,6 @@ setup: models
 
 models:
 	models/fetch.sh
+
+bench:
+	bench/run.sh

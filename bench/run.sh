@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# bench/run.sh (`make bench`): the benchmark suite. Installs what it needs (wrk, a Python venv
+# with the FastAPI peer's packages, wasmtime-cli 48.0.8), builds infergate and the plugins, then
+# for each scenario starts infergate and its peer, checks they give the same answers, drives
+# each with wrk (a separate process) at the same concurrency — a warm-up, then BENCH_RUNS
+# measured runs interleaved between the systems — and reports medians, peak RSS and the ratio
+# infergate/peer, plus the model floor (host/nn/examples/floor.rs) and per-request micro figures
+# (host/server/examples/bench_micro.rs). Results: bench/results/<UTC time>/results.md (printed).
+#
+# Scenarios (BENCH_SCENARIOS; a trailing 1, e.g. embed1, runs with one connection):
+#   noop    GET /noop/ping: infergate (auth + limits on) vs `wasmtime serve`, the same .wasm
+#   digits  POST /digits/classify bench/requests/digits.json: infergate vs FastAPI
+#   embed   POST /embed/embeddings bench/requests/embed.json: infergate vs FastAPI, both on
+#           ONNX Runtime with the same model file
+#
+# Knobs: BENCH_DURATION (10s), BENCH_WARMUP (5s), BENCH_RUNS (3), BENCH_CONNECTIONS (16),
+# BENCH_SCENARIOS ("noop digits embed embed1"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
+# 1 skips building infergate and the plugins).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+DURATION="${BENCH_DURATION:-10s}"
+WARMUP="${BENCH_WARMUP:-5s}"
+RUNS="${BENCH_RUNS:-3}"
+CONNECTIONS="${BENCH_CONNECTIONS:-16}"
+SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1}"
+WRK_THREADS="${BENCH_WRK_THREADS:-2}"
+PYTHON="${PYTHON:-python3}"
+CORES="$(nproc)"
+
+WASMTIME_VERSION=48.0.8
+VENV="$ROOT/bench/.venv"
+TOOLS="$ROOT/bench/.tools"
+WASMTIME="$TOOLS/bin/wasmtime"
+INFERGATE="$ROOT/target/release/infergate"
+EXAMPLES="$ROOT/target/release/examples"
+WASM_DIR="$ROOT/target/wasm/wasm32-wasip2/release"
+NOOP_WASM="$WASM_DIR/noop.wasm"
+# The key of bench/infergate.toml; the peer is given the same one.
+API_KEY="bench-key-0123456789abcdef"
+INFERGATE_URL="http://127.0.0.1:18080"
+PEER_URL="http://127.0.0.1:18081"
+WASMTIME_URL="http://127.0.0.1:18082"
+
+OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
+RAW="$OUT/raw"
+mkdir -p "$RAW"
+
+log() { echo "bench: $*" >&2; }
+
+# ---- install ---------------------------------------------------------------------------------
+
+install_tools() {
+    if ! command -v wrk >/dev/null; then
+        log "installing wrk (apt)"
+        local sudo=""
+        [[ "$(id -u)" == 0 ]] || sudo="sudo"
+        $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
+    fi
+    local stamp="$VENV/.requirements.sha256"
+    local want
+    want="$(sha256sum bench/requirements.txt | cut -d' ' -f1)"
+    if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+        log "creating $VENV from bench/requirements.txt"
+        "$PYTHON" -m venv "$VENV"
+        "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+        echo "$want" >"$stamp"
+    fi
+    if [[ ! -x "$WASMTIME" ]] || ! "$WASMTIME" --version | grep -q " $WASMTIME_VERSION"; then
+        log "installing wasmtime-cli $WASMTIME_VERSION into $TOOLS (only what \`serve\` needs)"
+        cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$TOOLS" \
+            --no-default-features --features run,serve,component-model-async,cranelift,pooling-allocator,parallel-compilation
+    fi
+}
+
+# ONNX Runtime for infergate: the library of the venv's onnxruntime wheel, the peer's own.
+ort_dylib() {
+    "$VENV/bin/python" -c 'import onnxruntime, glob, os; print(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*"))[0])'
+}
+
+build() {
+    log "building infergate, the plugins and the examples"
+    make setup
+    cargo build --release --workspace --bins --examples
+    # The plugins bench/infergate.toml loads, from this checkout's sources.
+    cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
+        --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed
+}
+
+# ---- servers ---------------------------------------------------------------------------------
+
+declare -A PID=()
+
+stop() {
+    local name="$1"
+    if [[ -n "${PID[$name]:-}" ]]; then
+        kill "${PID[$name]}" 2>/dev/null || true
+        wait "${PID[$name]}" 2>/dev/null || true
+        unset "PID[$name]"
+    fi
+}
+
+stop_all() {
+    for name in "${!PID[@]}"; do stop "$name"; done
+}
+trap stop_all EXIT
+
+# Waits until `curl ARGS...` answers 200 (at most 120 s).
+wait_ok() {
+    local name="$1"
+    shift
+    for _ in $(seq 1 1200); do
+        if [[ "$(curl -s -o /dev/null -w '%{http_code}' "$@" || true)" == 200 ]]; then return 0; fi
+        if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+            log "$name exited; its log:"
+            cat "$OUT/$name.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
+    log "$name was not ready within 120 s"
+    exit 1
+}
+
+start() {
+    local name="$1"
+    case "$name" in
+    infergate)
+        mkdir -p target/bench
+        INFERGATE_LOG=warn "$INFERGATE" serve --config "$ROOT/bench/infergate.toml" >"$OUT/$name.log" 2>&1 &
+        PID[$name]=$!
+        wait_ok "$name" "$INFERGATE_URL/readyz"
+        ;;
+    fastapi)
+        BENCH_API_KEY="$API_KEY" INFERGATE_ROOT="$ROOT" "$VENV/bin/uvicorn" app:app \
+            --app-dir bench/peer --host 127.0.0.1 --port 18081 --workers "$CORES" \
+            --no-access-log --log-level warning >"$OUT/$name.log" 2>&1 &
+        PID[$name]=$!
+        wait_ok "$name" "$PEER_URL/openapi.json"
+        ;;
+    wasmtime-serve)
+        "$WASMTIME" serve -Scli --addr 127.0.0.1:18082 "$NOOP_WASM" >"$OUT/$name.log" 2>&1 &
+        PID[$name]=$!
+        wait_ok "$name" "$WASMTIME_URL/noop/ping"
+        ;;
+    esac
+}
+
+url_of() {
+    case "$1" in
+    infergate) echo "$INFERGATE_URL" ;;
+    fastapi) echo "$PEER_URL" ;;
+    wasmtime-serve) echo "$WASMTIME_URL" ;;
+    esac
+}
+
+# Peak resident memory of a process and its descendants (sum of each one's VmHWM), in KiB.
+peak_rss_kb() {
+    local pid="$1" total=0 hwm child
+    hwm="$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)"
+    total=$((total + ${hwm:-0}))
+    for child in $(pgrep -P "$pid" || true); do
+        total=$((total + $(peak_rss_kb "$child")))
+    done
+    echo "$total"
+}
+
+# ---- load ------------------------------------------------------------------------------------
+
+# wrk against SYSTEM for DURATION; prints the file of its output. Fails on any error or non-2xx.
+drive() {
+    local scenario="$1" system="$2" run="$3" connections="$4" duration="$5" path="$6" body="$7"
+    local threads=$((WRK_THREADS < connections ? WRK_THREADS : connections))
+    local file="$RAW/$scenario.$system.$run.txt"
+    # infergate's own account of the model's time (report.py reads the difference).
+    [[ "$system" == infergate ]] && curl -s "$INFERGATE_URL/metrics" >"$file.metrics-before"
+    BENCH_API_KEY="$API_KEY" BENCH_BODY_FILE="$body" \
+        wrk -t "$threads" -c "$connections" -d "$duration" --latency -s bench/wrk.lua \
+        "$(url_of "$system")$path" >"$file" 2>&1 || { cat "$file" >&2; exit 1; }
+    [[ "$system" == infergate ]] && curl -s "$INFERGATE_URL/metrics" >"$file.metrics-after"
+    if [[ "$run" == warmup ]]; then
+        "$PYTHON" bench/report.py record "$scenario" "$system" 0 "$connections" "$file" >/dev/null
+    else
+        "$PYTHON" bench/report.py record "$scenario" "$system" "$run" "$connections" "$file" >>"$OUT/runs.jsonl"
+    fi
+}
+
+scenario() {
+    local scenario="$1" base="${1%1}" connections="$CONNECTIONS" path body systems
+    [[ "$scenario" == *1 ]] && connections=1
+    case "$base" in
+    noop) systems=(infergate wasmtime-serve) path=/noop/ping body="" ;;
+    digits) systems=(infergate fastapi) path=/digits/classify body=bench/requests/digits.json ;;
+    embed) systems=(infergate fastapi) path=/embed/embeddings body=bench/requests/embed.json ;;
+    *) log "unknown scenario $scenario"; exit 1 ;;
+    esac
+    log "scenario $scenario ($connections connections; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    local system responses=() run
+    for system in "${systems[@]}"; do
+        start "$system"
+        local response="$RAW/$scenario.$system.response"
+        local args=(-s -H "X-API-Key: $API_KEY" -o "$response.body" -w '%{http_code}')
+        [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "@$body")
+        { curl "${args[@]}" "$(url_of "$system")$path"; echo; cat "$response.body"; } >"$response"
+        responses+=("$response")
+    done
+    "$PYTHON" bench/report.py agree "$scenario" "${responses[@]}" | tee -a "$OUT/agree.txt" >&2
+    for system in "${systems[@]}"; do
+        drive "$scenario" "$system" warmup "$connections" "$WARMUP" "$path" "$body"
+    done
+    for run in $(seq 1 "$RUNS"); do
+        for system in "${systems[@]}"; do
+            drive "$scenario" "$system" "$run" "$connections" "$DURATION" "$path" "$body"
+            log "  $system run $run: $(tail -n1 "$OUT/runs.jsonl" | "$PYTHON" bench/report.py show)"
+        done
+    done
+    for system in "${systems[@]}"; do
+        echo "{\"scenario\": \"$scenario\", \"system\": \"$system\", \"peak_rss_kb\": $(peak_rss_kb "${PID[$system]}")}" >>"$OUT/rss.jsonl"
+        stop "$system"
+    done
+}
+
+# ---- main ------------------------------------------------------------------------------------
+
+install_tools
+if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then build; fi
+export ORT_DYLIB_PATH="$(ort_dylib)"
+# Hard links to the binaries, so that a build running meanwhile (another checkout may share
+# target/) cannot swap them in the middle of the run.
+mkdir -p "$OUT/bin"
+for f in "$INFERGATE" "$EXAMPLES/floor" "$EXAMPLES/bench_micro"; do
+    [[ -e "$f" ]] || { log "$f is missing: run without BENCH_SKIP_BUILD"; exit 1; }
+    ln -f "$f" "$OUT/bin/"
+done
+for f in "$NOOP_WASM" "$WASM_DIR/digits.wasm" "$WASM_DIR/embed.wasm"; do
+    [[ -e "$f" ]] || { log "$f is missing: run without BENCH_SKIP_BUILD"; exit 1; }
+done
+INFERGATE="$OUT/bin/infergate"
+EXAMPLES="$OUT/bin"
+
+MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $CORES cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, \
+Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2), Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), \
+$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $("$WASMTIME" --version), \
+onnxruntime $("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
+COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' make bench"
+MACHINE="$MACHINE" COMMAND="$COMMAND" "$PYTHON" - "$OUT/meta.json" <<PY
+import json, os, sys
+json.dump({
+    "date": "$(date -u '+%Y-%m-%d %H:%M UTC')", "command": os.environ["COMMAND"],
+    "runs": $RUNS, "duration": "$DURATION", "warmup": "$WARMUP", "wrk_threads": $WRK_THREADS,
+    "machine": os.environ["MACHINE"], "load_before": "$(cut -d' ' -f1-3 /proc/loadavg)",
+}, open(sys.argv[1], "w"), indent=1)
+PY
+
+log "model floor (host/nn/examples/floor.rs)"
+"$EXAMPLES/floor" | tee "$OUT/floor.txt" >&2
+log "micro figures (host/server/examples/bench_micro.rs)"
+"$EXAMPLES/bench_micro" "$NOOP_WASM" | tee "$OUT/micro.txt" >&2
+
+for s in $SCENARIOS; do scenario "$s"; done
+
+"$PYTHON" - "$OUT/meta.json" <<'PY'
+import json, sys
+meta = json.load(open(sys.argv[1]))
+meta["load_after"] = " ".join(open("/proc/loadavg").read().split()[:3])
+json.dump(meta, open(sys.argv[1], "w"), indent=1)
+PY
+rm -rf "$OUT/bin"
+"$PYTHON" bench/report.py table "$OUT"
+log "results: $OUT/results.md"
