@@ -7,7 +7,8 @@
 //! embed plugin and the Python peer produce the same ids). ONNX Runtime runs 1 intra-op thread,
 //! as in the benchmark (2 compute slots on 2 cores). Each case: a warm-up, then N inferences one
 //! after the other; prints the median and p99 of the backend's compute time, and the median
-//! with the scheduler around it (queue, blocking thread hand-off).
+//! with the scheduler around it (queue, and the hand-off to a blocking thread for a model that
+//! needs one).
 //!
 //! `cargo build --release --workspace --examples && ORT_DYLIB_PATH=... target/release/examples/floor`
 //! Output lines, one per backend and model (bench/report.py reads them):
