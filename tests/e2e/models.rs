@@ -181,3 +181,99 @@ async fn embed_accepts_a_single_string_and_rejects_bad_input() {
         .unwrap();
     expect_error(r, 404, "model_not_found").await;
 }
+
+/// Embedding requests that wait for the model together run as one padded batch (tract, one
+/// compute slot, so most requests wait): every caller still gets its own sentence's embedding
+/// and token count, and `/metrics` shows batches happened.
+#[tokio::test]
+async fn embed_requests_that_wait_together_are_batched() {
+    use crate::harness::{Host, model, wasm};
+    let host = Host::start(&format!(
+        r#"
+[[models]]
+name = "all-minilm-l6-v2"
+path = "{minilm}"
+concurrency = 1
+max_batch = 64
+batching = {{ max_rows = 16, pad = true }}
+
+[[plugins]]
+name = "embed"
+path = "{embed}"
+models = ["all-minilm-l6-v2"]
+"#,
+        minilm = model("minilm/model.onnx"),
+        embed = wasm("embed"),
+    ));
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("tests/data/embed_reference.json")).unwrap(),
+    )
+    .unwrap();
+    // The non-empty reference sentences (5 to 17 tokens), three times over, all at once.
+    let sentences: Vec<Value> = reference["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| !s["text"].as_str().unwrap().is_empty())
+        .cloned()
+        .collect();
+    let c = client();
+    let url = host.url("/embed/embeddings");
+    let requests = sentences.iter().cycle().take(3 * sentences.len()).map(|s| {
+        let (c, url) = (c.clone(), url.clone());
+        async move {
+            let r = c
+                .post(&url)
+                .json(&json!({"input": s["text"]}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let body: Value = r.json().await.unwrap();
+            let agreement = cosine(
+                &floats(&body["data"][0]["embedding"]),
+                &floats(&s["embedding"]),
+            );
+            assert!(
+                agreement > 0.999,
+                "{:?}: cos with reference {agreement}",
+                s["text"]
+            );
+            assert_eq!(
+                body["usage"]["prompt_tokens"],
+                s["ids"].as_array().unwrap().len()
+            );
+        }
+    });
+    futures::future::join_all(requests).await;
+
+    let metrics = c
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{model=\"all-minilm-l6-v2\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    let (batched, calls) = (
+        value("infergate_model_batched_total"),
+        value("infergate_model_completed_total"),
+    );
+    println!(
+        "{} requests: {calls} backend calls, {batched} batched",
+        3 * sentences.len()
+    );
+    assert!(batched >= 2.0, "some requests ran together");
+    assert!(
+        calls < (3 * sentences.len()) as f64,
+        "fewer backend calls than requests"
+    );
+}
