@@ -9,7 +9,7 @@ use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::harness::{Host, admin, expect_error, model, wasm};
+use crate::harness::{Fetch as _, Host, admin, expect_error, model, wasm};
 
 #[path = "auth_keys.rs"]
 mod keys;
@@ -245,12 +245,8 @@ default_scopes = ["*"]
     assert_eq!(me["tenant"], "acme");
     let listed: Value = admin()
         .get(host.url("/admin/keys?tenant=acme"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(listed["keys"][0]["id"], id.as_str());
     assert_eq!(listed["keys"][0]["limits"], json!(["5/second"]));
     assert!(
@@ -593,7 +589,7 @@ enabled = true
             r = r.bearer_auth(k);
         }
         async move {
-            let v: Value = r.send().await.unwrap().json().await.unwrap();
+            let v: Value = r.fetch_json().await;
             v["paths"]
                 .as_object()
                 .unwrap()
@@ -637,12 +633,8 @@ enabled = true
     let listed: Value = reqwest::Client::new()
         .get(host.url("/tenant/plugins"))
         .bearer_auth(&globex)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(listed["plugins"], json!([]));
     assert!(
         !paths(Some(globex.clone()))
@@ -665,14 +657,7 @@ enabled = true
         .unwrap();
     assert_eq!(r.status(), 204);
     expect_error(whoami(&host, &globex).await, 401, "unauthorized").await;
-    let tenants: Value = admin()
-        .get(host.url("/admin/tenants"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenants: Value = admin().get(host.url("/admin/tenants")).fetch_json().await;
     assert_eq!(
         tenants["tenants"],
         json!([{"id": "acme", "priority": 2, "limits": ["60/minute"], "created_at": tenants["tenants"][0]["created_at"]}])
@@ -903,14 +888,7 @@ async fn revocation_reaches_every_instance_within_a_second() {
         assert_eq!(whoami_ok(host, &key).await["key_id"], id.as_str());
         assert_eq!(whoami_ok(host, &token).await["key_id"], id.as_str());
     }
-    let tenants: Value = admin()
-        .get(b.url("/admin/tenants"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let tenants: Value = admin().get(b.url("/admin/tenants")).fetch_json().await;
     assert_eq!(tenants["tenants"][0]["id"], "acme");
 
     let r = admin()

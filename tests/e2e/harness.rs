@@ -260,3 +260,20 @@ pub async fn expect_error(
     );
     body
 }
+
+/// Sends a request that must get an answer and reads its body: the tests' common
+/// `send().await.unwrap()` then `json()`/`text()` `.await.unwrap()`.
+pub trait Fetch {
+    async fn fetch_json<T: serde::de::DeserializeOwned>(self) -> T;
+    async fn fetch_text(self) -> String;
+}
+
+impl Fetch for reqwest::RequestBuilder {
+    async fn fetch_json<T: serde::de::DeserializeOwned>(self) -> T {
+        self.send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn fetch_text(self) -> String {
+        self.send().await.unwrap().text().await.unwrap()
+    }
+}

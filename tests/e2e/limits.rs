@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, client, client_with, expect_error, model, standard_config, wasm};
+use crate::harness::{
+    Fetch as _, Host, client, client_with, expect_error, model, standard_config, wasm,
+};
 
 const SYSTEM_REDIS: &str = "redis://127.0.0.1:6379/0";
 
@@ -319,14 +321,7 @@ limit = "3/minute"
     }
     println!("outage: 20 requests answered in {:?}", started.elapsed());
     assert!(open.alive() && closed.alive());
-    let metrics = c
-        .get(open.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(open.url("/metrics")).fetch_text().await;
     let errors: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("infergate_limit_store_errors_total "))
@@ -421,14 +416,7 @@ limits = ["40 tokens/hour"]
     assert!(before_last < 40 && total >= 40, "{used:?}");
     assert!(retry > 0 && retry <= 3600);
     // The tenant sees its usage and what is left.
-    let report: Value = client()
-        .get(host.url("/tenant/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = client().get(host.url("/tenant/usage")).fetch_json().await;
     assert_eq!(report["tenant"], "default");
     assert_eq!(report["usage"]["tokens_in"].as_u64(), Some(total));
     assert_eq!(
@@ -441,21 +429,13 @@ limits = ["40 tokens/hour"]
     let admin = crate::harness::admin();
     let report: Value = admin
         .get(host.url("/admin/usage/default"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(report["usage"]["tokens_in"].as_u64(), Some(total));
     let other: Value = admin
         .get(host.url("/admin/usage/nobody"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .fetch_json()
+        .await;
     assert_eq!(other["usage"]["requests"].as_u64(), Some(0));
 }
 
@@ -479,14 +459,7 @@ limits = ["0.3 compute-seconds/hour"]
         assert!(served < 200, "the budget never refused");
     };
     expect_error(refusal, 429, "quota_exceeded").await;
-    let report: Value = c
-        .get(host.url("/tenant/usage"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let report: Value = c.get(host.url("/tenant/usage")).fetch_json().await;
     let spent = report["usage"]["compute_seconds"].as_f64().unwrap();
     println!("compute budget: {served} requests, {spent:.3} s measured");
     assert!(

@@ -3,7 +3,7 @@
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{client, expect_error, root, shared};
+use crate::harness::{Fetch as _, client, expect_error, root, shared};
 
 #[tokio::test]
 async fn digits_classifies_the_held_out_split() {
@@ -247,14 +247,7 @@ models = ["all-minilm-l6-v2"]
     });
     futures::future::join_all(requests).await;
 
-    let metrics = c
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = c.get(host.url("/metrics")).fetch_text().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

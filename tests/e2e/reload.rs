@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, admin, client, client_with, expect_error, model, wasm};
+use crate::harness::{Fetch as _, Host, admin, client, client_with, expect_error, model, wasm};
 
 fn bytes(name: &str) -> Vec<u8> {
     std::fs::read(wasm(name)).unwrap()
@@ -142,14 +142,7 @@ async fn bad_uploads_are_rejected_and_the_old_version_keeps_serving() {
     expect_error(r, 400, "invalid_request").await;
     assert_eq!(serving(&client(), &url).await.unwrap(), "v1");
 
-    let list: Value = admin()
-        .get(host.url("/admin/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = admin().get(host.url("/admin/plugins")).fetch_json().await;
     let greeter = &list["plugins"][0];
     assert_eq!(greeter["name"], "greeter");
     assert_eq!(greeter["status"], "serving");
@@ -352,14 +345,7 @@ async fn models_are_loaded_replaced_and_unloaded_through_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(classify().await, before);
-    let models: Value = admin()
-        .get(host.url("/admin/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let models: Value = admin().get(host.url("/admin/models")).fetch_json().await;
     let digits = &models["models"][0];
     assert_eq!(
         (digits["name"].as_str(), digits["queue_depth"].as_u64()),
@@ -582,14 +568,7 @@ max_memory_bytes = 33554432
     .unwrap();
     expect_error(r, 403, "forbidden").await;
 
-    let all: Value = admin()
-        .get(host.url("/admin/plugins"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = admin().get(host.url("/admin/plugins")).fetch_json().await;
     let owners: Vec<&str> = all["plugins"]
         .as_array()
         .unwrap()
