@@ -444,7 +444,7 @@ async fn compute_budgets_charge_measured_inference_time() {
     let host = Host::start(&standard_config(
         r#"
 [limits.tenants.default]
-limits = ["0.3 compute-seconds/hour"]
+limits = ["2 compute-seconds/hour"]
 "#,
     ));
     let c = client();
@@ -456,16 +456,18 @@ limits = ["0.3 compute-seconds/hour"]
             break r;
         }
         served += 1;
-        assert!(served < 200, "the budget never refused");
+        assert!(served < 500, "the budget never refused");
     };
     expect_error(refusal, 429, "quota_exceeded").await;
     let report: Value = c.get(host.url("/tenant/usage")).fetch_json().await;
     let spent = report["usage"]["compute_seconds"].as_f64().unwrap();
     println!("compute budget: {served} requests, {spent:.3} s measured");
     assert!(
-        spent >= 0.3,
+        spent >= 2.0,
         "refused only once the budget was spent ({spent})"
     );
+    // A budget of many requests' compute (about 0.08 s each here, up to 0.4 s on a loaded
+    // machine), so that it spans several requests however busy the machine is.
     assert!(served >= 2, "the budget spans several requests");
 }
 
