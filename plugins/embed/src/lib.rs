@@ -21,14 +21,20 @@ const MAX_INPUT_CHARS: usize = 8192;
 const MAX_TOKENS: usize = 256;
 
 // `static VOCAB: &[(&str, u32)]`: the vocabulary of `bert-base-uncased` (which all-MiniLM-L6-v2
-// uses), generated from `vocab.txt` by `build.rs`, sorted by token.
+// uses), generated from `vocab.txt` by `build.rs`, sorted by token; `static VOCAB_INDEX: &[u32]`,
+// its hash index.
 include!(concat!(env!("OUT_DIR"), "/vocab.rs"));
 
-/// Built once per instance, on first use; it borrows the static table, so this is cheap.
+/// Built once per instance, on first use; it borrows the static table and index, so this is
+/// cheap.
 fn tokenizer() -> Result<&'static Tokenizer<'static>> {
     static TOKENIZER: OnceLock<Result<Tokenizer<'static>, String>> = OnceLock::new();
     TOKENIZER
-        .get_or_init(|| Tokenizer::from_sorted(VOCAB).map_err(|err| err.to_string()))
+        .get_or_init(|| {
+            Tokenizer::from_sorted(VOCAB)
+                .and_then(|tokenizer| tokenizer.with_index(VOCAB_INDEX))
+                .map_err(|err| err.to_string())
+        })
         .as_ref()
         .map_err(|err| Error::internal(err.clone()))
 }
