@@ -46,8 +46,10 @@ def record(scenario, system, run, connections, path):
 
 
 def model_time(before, after):
-    """Mean time per inference of the model infergate ran during a run, in µs, from its
-    /metrics (busy seconds and completed inferences) before and after; None without them."""
+    """Median time of one backend call of the model infergate ran during a run, in µs, from its
+    /metrics: the model whose completed count grew between before and after, and the median of
+    its latest computes (`infergate_model_compute_seconds`, quantile 0.5) at the end of the run;
+    None without them."""
     if not (before.exists() and after.exists()):
         return None
 
@@ -63,8 +65,10 @@ def model_time(before, after):
     for (model, kind), value in a.items():
         done = value - b.get((model, kind), 0) if kind == "completed" else 0
         if done > 0:
-            busy = a[(model, "busy_seconds")] - b.get((model, "busy_seconds"), 0)
-            return busy / done * 1e6
+            median = re.search(
+                r'^infergate_model_compute_seconds\{model="%s",quantile="0\.5"\} (\S+)$' % re.escape(model),
+                after.read_text(), re.M)
+            return float(median.group(1)) * 1e6 if median else None
     return None
 
 
@@ -211,8 +215,9 @@ def table(out_dir):
         md.append("\n**Time outside the model** at p50: the request's p50 minus the model's time, "
                   "taken two ways: the floor above (ONNX Runtime median, measured alone, before the "
                   "runs) and, for infergate, its own account of the model's time during the runs "
-                  "(`infergate_model_busy_seconds_total` / `infergate_model_completed_total` from "
-                  "`/metrics`: the mean time of one backend call, which under load may be a batch). "
+                  "(`infergate_model_compute_seconds{quantile=\"0.5\"}` from `/metrics` at the end of "
+                  "each run: the median of its latest 1,024 backend calls, a call under load being "
+                  "a batch). "
                   "With one connection nothing queues or batches; with 16 a request's p50 is "
                   "mostly waiting.\n")
         md.append("| scenario | connections | system | p50 µs | model µs (floor) | outside share | "

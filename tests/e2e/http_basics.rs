@@ -318,4 +318,13 @@ async fn metrics_count_requests_by_route_and_models_by_name() {
     assert!(value(bad) >= 1.0);
     assert!(value(r#"infergate_model_completed_total{model="digits"}"#) >= 3.0);
     assert!(text.contains("# TYPE infergate_request_duration_seconds histogram"));
+    // The compute time summary: recent percentiles, and the totals as _sum and _count.
+    assert!(text.contains("# TYPE infergate_model_compute_seconds summary"));
+    let p50 = value(r#"infergate_model_compute_seconds{model="digits",quantile="0.5"}"#);
+    let p99 = value(r#"infergate_model_compute_seconds{model="digits",quantile="0.99"}"#);
+    assert!(0.0 < p50 && p50 <= p99 && p99 < 1.0, "p50 {p50}, p99 {p99}");
+    assert_eq!(
+        value(r#"infergate_model_compute_seconds_count{model="digits"}"#),
+        value(r#"infergate_model_completed_total{model="digits"}"#)
+    );
 }

@@ -39,7 +39,7 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph};
 pub use backend::tract::TractBackend;
 pub use backend::{BackendInfo, list as backends};
 pub use batch::Batching;
-pub use schedule::{Caller, ModelStats};
+pub use schedule::{Caller, ModelStats, RECENT_COMPUTES};
 
 /// Which inference engine runs a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

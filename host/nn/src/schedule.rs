@@ -47,7 +47,15 @@ pub struct ModelStats {
     pub busy_seconds_total: f64,
     /// Inferences that ran inside a batch of several (a batch counts as one compute).
     pub batched: u64,
+    /// The median time of the last [`RECENT_COMPUTES`] successful computes, in seconds (0
+    /// before the first).
+    pub compute_p50_seconds: f64,
+    /// Their 99th percentile.
+    pub compute_p99_seconds: f64,
 }
+
+/// How many of the latest compute times the percentiles of [`ModelStats`] cover.
+pub const RECENT_COMPUTES: usize = 1024;
 
 /// Who asks for a compute, for fair queueing: the tenant and its weight (priority).
 #[derive(Clone, Debug)]
@@ -190,6 +198,36 @@ struct Counters {
     busy_nanos: AtomicU64,
     /// Moving average of recent compute times, for `Retry-After` (0: no sample yet).
     mean_compute_nanos: AtomicU64,
+    /// The latest successful compute times, for percentiles.
+    recent: Mutex<Recent>,
+}
+
+/// A ring of the latest [`RECENT_COMPUTES`] compute times in nanoseconds.
+#[derive(Default)]
+struct Recent {
+    nanos: Vec<u64>,
+    next: usize,
+}
+
+impl Recent {
+    fn push(&mut self, nanos: u64) {
+        if self.nanos.len() < RECENT_COMPUTES {
+            self.nanos.push(nanos);
+        } else {
+            self.nanos[self.next] = nanos;
+        }
+        self.next = (self.next + 1) % RECENT_COMPUTES;
+    }
+
+    /// The `q` quantiles (nearest rank) in seconds; zeros before the first sample.
+    fn quantiles<const N: usize>(&self, q: [f64; N]) -> [f64; N] {
+        let mut sorted = self.nanos.clone();
+        sorted.sort_unstable();
+        q.map(|q| match sorted.len() {
+            0 => 0.0,
+            n => sorted[((n - 1) as f64 * q).round() as usize] as f64 / 1e9,
+        })
+    }
 }
 
 impl Counters {
@@ -198,6 +236,10 @@ impl Counters {
         self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
         if ok {
             self.completed.fetch_add(1, Ordering::Relaxed);
+            self.recent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(nanos);
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -415,6 +457,11 @@ impl Scheduler {
 
     pub(crate) fn stats(&self) -> ModelStats {
         let c = &self.counters;
+        let [p50, p99] = c
+            .recent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quantiles([0.5, 0.99]);
         ModelStats {
             queued: c.waiting.load(Ordering::Relaxed) as u64,
             running: c.running.load(Ordering::Relaxed),
@@ -424,6 +471,8 @@ impl Scheduler {
             timed_out: c.timed_out.load(Ordering::Relaxed),
             busy_seconds_total: c.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             batched: 0,
+            compute_p50_seconds: p50,
+            compute_p99_seconds: p99,
         }
     }
 }
@@ -469,6 +518,23 @@ mod tests {
         s.counters.record_compute(Duration::from_millis(1500), true);
         assert_eq!(s.retry_after(1), Duration::from_secs(2));
         assert_eq!(s.retry_after(3), Duration::from_secs(5));
+    }
+
+    #[test]
+    fn percentiles_cover_the_latest_successful_computes() {
+        let counters = Counters::default();
+        assert_eq!(counters.recent.lock().unwrap().quantiles([0.5]), [0.0]);
+        // An old slow era, then RECENT_COMPUTES fast computes: only the fast ones count.
+        for _ in 0..100 {
+            counters.record_compute(Duration::from_secs(1), true);
+        }
+        for i in 1..=RECENT_COMPUTES as u64 {
+            counters.record_compute(Duration::from_micros(i), true);
+        }
+        counters.record_compute(Duration::from_secs(9), false);
+        let [p50, p99] = counters.recent.lock().unwrap().quantiles([0.5, 0.99]);
+        assert!((p50 - 512e-6).abs() < 2e-6, "{p50}");
+        assert!((p99 - 1014e-6).abs() < 2e-6, "{p99}");
     }
 
     #[test]

@@ -457,6 +457,8 @@ impl Registry {
                         "timed_out": stats.timed_out,
                         "busy_seconds_total": stats.busy_seconds_total,
                         "batched": stats.batched,
+                        "compute_p50_seconds": stats.compute_p50_seconds,
+                        "compute_p99_seconds": stats.compute_p99_seconds,
                     }),
                 }
             })

@@ -1,7 +1,7 @@
 //! Metrics: requests to plugin routes (count and latency to the response head, by plugin, route
-//! and status; refusals by limits show as 429s), the models' queues and compute time, and limit
-//! store errors, rendered as Prometheus text at
-//! `/metrics`. Recorded once per request by [`crate::http`]; nothing else writes here.
+//! and status; refusals by limits show as 429s), the models' queues and compute time (a total
+//! and recent percentiles), and limit store errors, rendered as Prometheus text at `/metrics`.
+//! Recorded once per request by [`crate::http`]; nothing else writes here.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::StatusCode;
+use infergate_nn::RECENT_COMPUTES;
 
 use crate::registry::{ModelInfo, Mounted};
 
@@ -119,6 +120,32 @@ impl Metrics {
                 let value = m.stats.get(stat).and_then(|v| v.as_f64()).unwrap_or(0.0);
                 let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&m.name));
             }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP infergate_model_compute_seconds Time of one backend call (a batch is one), over the latest {RECENT_COMPUTES} successful ones.\n\
+             # TYPE infergate_model_compute_seconds summary"
+        );
+        for m in models {
+            let stat = |name: &str| m.stats.get(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
+            let model = escape(&m.name);
+            for (quantile, stat_name) in [
+                ("0.5", "compute_p50_seconds"),
+                ("0.99", "compute_p99_seconds"),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "infergate_model_compute_seconds{{model=\"{model}\",quantile=\"{quantile}\"}} {}",
+                    stat(stat_name)
+                );
+            }
+            let _ = writeln!(
+                out,
+                "infergate_model_compute_seconds_sum{{model=\"{model}\"}} {}\n\
+                 infergate_model_compute_seconds_count{{model=\"{model}\"}} {}",
+                stat("busy_seconds_total"),
+                stat("completed")
+            );
         }
         let _ = writeln!(
             out,
