@@ -326,5 +326,6 @@ async fn metrics_count_requests_by_route_and_models_by_name() {
     assert_eq!(
         value(r#"infergate_model_compute_seconds_count{model="digits"}"#),
         value(r#"infergate_model_completed_total{model="digits"}"#)
+            + value(r#"infergate_model_failed_total{model="digits"}"#)
     );
 }

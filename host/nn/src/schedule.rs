@@ -482,7 +482,6 @@ enum Ticket<'a> {
     Wait(oneshot::Receiver<Slot>, Gauge<'a, AtomicUsize>),
 }
 
-/// The blocking side of a compute: holds the slot until the job really ends.
 /// Whether this thread is a worker of a multi-threaded tokio runtime, where `block_in_place`
 /// may hand the worker's other tasks to another thread.
 fn on_worker_pool() -> bool {
@@ -490,6 +489,7 @@ fn on_worker_pool() -> bool {
         .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
+/// The blocking side of a compute: holds the slot until the job really ends.
 fn run_holding<T>(
     slot: Slot,
     counters: &Counters,

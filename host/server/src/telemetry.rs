@@ -123,7 +123,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP infergate_model_compute_seconds Time of one backend call (a batch is one), over the latest {RECENT_COMPUTES} successful ones.\n\
+            "# HELP infergate_model_compute_seconds Time of one backend call (a batch is one): quantiles over the latest {RECENT_COMPUTES} successful calls, sum and count over all.\n\
              # TYPE infergate_model_compute_seconds summary"
         );
         for m in models {
@@ -144,7 +144,7 @@ impl Metrics {
                 "infergate_model_compute_seconds_sum{{model=\"{model}\"}} {}\n\
                  infergate_model_compute_seconds_count{{model=\"{model}\"}} {}",
                 stat("busy_seconds_total"),
-                stat("completed")
+                stat("completed") + stat("failed")
             );
         }
         let _ = writeln!(
