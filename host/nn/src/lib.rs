@@ -20,6 +20,7 @@
 
 mod backend;
 mod batch;
+mod cores;
 mod schedule;
 
 use std::collections::BTreeMap;

@@ -1,6 +1,6 @@
 //! The scheduling of one model's inferences: a bounded queue in front of a concurrency limit,
-//! served fairly across tenants, where each compute runs (in place or on tokio's blocking pool),
-//! timeouts, and statistics.
+//! served fairly across tenants, where each compute runs (in place, on tokio's blocking pool, or
+//! there on a core of its own), timeouts, and statistics.
 //!
 //! Fairness: when every slot is busy, callers wait in one queue per tenant, and a freed slot
 //! goes to the waiting tenant with the least compute used relative to its weight (start-time
@@ -23,10 +23,16 @@ use std::sync::Mutex;
 use tokio::sync::oneshot;
 
 use crate::NnError;
+use crate::cores::ComputeCores;
 
 /// Computes that recently took less than this on average may run on the calling async thread
 /// (tokio's guidance: well under 100 µs between awaits).
 const INLINE_BELOW: Duration = Duration::from_micros(50);
+
+/// Computes that recently took at least this on average run on a core of their own
+/// ([`ComputeCores`]): long enough to fill that core's caches with the model, so the rest of the
+/// request is better off elsewhere, and to dwarf the thread hop.
+const PIN_ABOVE: Duration = Duration::from_millis(1);
 
 /// A snapshot of one model's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -260,6 +266,12 @@ impl Counters {
         mean != 0 && mean < INLINE_BELOW.as_nanos() as u64
     }
 
+    /// Whether a compute is long enough to run on a core of its own (when the machine has more
+    /// than one): measured, and recently at least [`PIN_ABOVE`] on average.
+    fn runs_pinned(&self) -> bool {
+        self.mean_compute_nanos.load(Ordering::Relaxed) >= PIN_ABOVE.as_nanos() as u64
+    }
+
     /// Whether a long compute may run on the calling worker thread with `block_in_place`:
     /// measured, and recently under a tenth of `timeout` on average. The caller cannot give up
     /// while its compute runs there, so a compute that might come near the timeout goes to the
@@ -324,10 +336,14 @@ impl Scheduler {
     /// queue timeout. Where the job runs:
     /// - right here when it is `small` (its inputs are) and this model's computes recently took
     ///   under [`INLINE_BELOW`]: a hop to another thread would cost more than the compute;
-    /// - on this thread too, inside `block_in_place` (the worker's other tasks move to another
+    /// - on a blocking thread pinned to a core of its own ([`ComputeCores`]) when computes
+    ///   recently took at least [`PIN_ABOVE`] and the machine has several cores: the model then
+    ///   fills that core's caches, not those the rest of the request runs on (at one connection
+    ///   on the benchmark's 2-vCPU guest, about 100 µs less per embed request than in place);
+    /// - on this thread, inside `block_in_place` (the worker's other tasks move to another
     ///   thread), when computes recently took well under `timeout`: the caller then goes on
     ///   where its compute ended, without the two cross-thread wake-ups of the blocking pool
-    ///   (about 70 µs per compute on the benchmark's 2-vCPU guest, `examples/floor.rs`);
+    ///   (about 70 µs per compute on that guest, `examples/floor.rs`);
     /// - else on the blocking pool, where the timeout can answer the caller mid-compute.
     pub(crate) async fn run<T, F>(
         &self,
@@ -392,6 +408,14 @@ impl Scheduler {
             let queued = arrived.elapsed();
             let (result, compute) = if small && self.counters.runs_inline() {
                 run_holding(slot, &self.counters, job)
+            } else if self.counters.runs_pinned() && ComputeCores::global().available() {
+                let counters = self.counters.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _pinned = ComputeCores::global().pin_current_thread();
+                    run_holding(slot, &counters, job)
+                })
+                .await
+                .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?
             } else if self.counters.runs_in_place(timeout) && on_worker_pool() {
                 tokio::task::block_in_place(|| run_holding(slot, &self.counters, job))
             } else {
@@ -549,15 +573,17 @@ mod tests {
         assert!(!counters.runs_in_place(Duration::from_millis(900)));
     }
 
-    /// Once measured, a long compute runs on its caller's thread, and the worker's other tasks
-    /// go on meanwhile; the first compute (nothing measured yet) goes to the blocking pool.
+    /// Once measured, a long compute runs on a core of its own (a blocking thread pinned to one
+    /// CPU) where the machine has several, else on its caller's thread; either way the worker's
+    /// other tasks go on meanwhile. The first compute (nothing measured yet) goes to the
+    /// blocking pool, unpinned.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-    async fn measured_long_computes_run_in_place_without_blocking_other_tasks() {
+    async fn measured_long_computes_run_apart_without_blocking_other_tasks() {
         let s = Arc::new(Scheduler::new(1, 4, Duration::from_secs(5)));
         let call = |s: Arc<Scheduler>| {
             tokio::spawn(async move {
                 let caller = std::thread::current().id();
-                let (computed_on, ..) = s
+                let ((computed_on, cpus), ..) = s
                     .run(
                         "m",
                         &Caller::default(),
@@ -565,19 +591,24 @@ mod tests {
                         false,
                         || {
                             std::thread::sleep(Duration::from_millis(30));
-                            Ok(std::thread::current().id())
+                            Ok((
+                                std::thread::current().id(),
+                                crate::cores::current_thread_cpus(),
+                            ))
                         },
                     )
                     .await
                     .unwrap();
-                (caller, computed_on)
+                (caller, computed_on, cpus)
             })
         };
-        let (caller, computed_on) = call(s.clone()).await.unwrap();
+        let all_cpus = crate::cores::current_thread_cpus();
+        let (caller, computed_on, cpus) = call(s.clone()).await.unwrap();
         assert_ne!(
             caller, computed_on,
             "the first compute runs on the blocking pool"
         );
+        assert_eq!(cpus, all_cpus, "unpinned");
 
         let ticks = Arc::new(AtomicU64::new(0));
         let ticker = {
@@ -589,12 +620,25 @@ mod tests {
                 }
             })
         };
-        let (caller, computed_on) = call(s.clone()).await.unwrap();
+        let (caller, computed_on, cpus) = call(s.clone()).await.unwrap();
         ticker.abort();
-        assert_eq!(
-            caller, computed_on,
-            "a measured compute runs on the caller's thread"
-        );
+        if ComputeCores::global().available() {
+            assert_ne!(caller, computed_on, "a measured compute runs apart");
+            // On one CPU, unless other tests' computes hold them all at that moment.
+            let mut pinned = cpus.len() == 1;
+            for _ in 0..10 {
+                if pinned {
+                    break;
+                }
+                pinned = call(s.clone()).await.unwrap().2.len() == 1;
+            }
+            assert!(pinned, "no compute ran on a single CPU: {cpus:?}");
+        } else {
+            assert_eq!(
+                caller, computed_on,
+                "a measured compute runs on the caller's thread"
+            );
+        }
         let ticks = ticks.load(Ordering::Relaxed);
         assert!(
             ticks >= 3,
