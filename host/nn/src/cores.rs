@@ -2,12 +2,13 @@
 //!
 //! A long inference (milliseconds) streams the model's weights through the caches of the core it
 //! runs on. When the request's own work (HTTP, the plugin's instance, its pre- and
-//! post-processing) runs on that same core afterwards, it starts cold; measured on the
-//! benchmark's 2-vCPU guest at one connection, that cost about 100 µs of an embed request's
-//! ≈ 500 µs outside the model (bench/RESULTS.md). So each long compute runs on a blocking thread
-//! pinned to a core of its own, taken from the highest of the process's CPUs down, one compute
-//! per core, and the rest of the host keeps the other cores warm. With more computes at once
-//! than CPUs the extra ones run unpinned; with a single CPU (or off Linux) nothing is pinned.
+//! post-processing) runs on that same core afterwards, it starts cold: measured on the
+//! benchmark's 2-vCPU guest at one connection, running the compute apart cut the time outside
+//! the model from about 450 to 360 µs per embed request (bench/RESULTS.md). So each long
+//! compute runs on a blocking thread pinned to a core of its own, taken from the highest of the
+//! process's CPUs down, one compute per core, and the rest of the host keeps the other cores
+//! warm. With more computes at once than CPUs the extra ones run unpinned; with a single CPU (or
+//! off Linux) nothing is pinned.
 
 use std::sync::{Mutex, OnceLock};
 

@@ -339,7 +339,7 @@ impl Scheduler {
     /// - on a blocking thread pinned to a core of its own ([`ComputeCores`]) when computes
     ///   recently took at least [`PIN_ABOVE`] and the machine has several cores: the model then
     ///   fills that core's caches, not those the rest of the request runs on (at one connection
-    ///   on the benchmark's 2-vCPU guest, about 100 µs less per embed request than in place);
+    ///   on the benchmark's 2-vCPU guest, about 90 µs less per embed request than in place);
     /// - on this thread, inside `block_in_place` (the worker's other tasks move to another
     ///   thread), when computes recently took well under `timeout`: the caller then goes on
     ///   where its compute ended, without the two cross-thread wake-ups of the blocking pool
