@@ -406,23 +406,21 @@ impl Scheduler {
                 }
             };
             let queued = arrived.elapsed();
+            let pin = self.counters.runs_pinned() && ComputeCores::global().available();
             let (result, compute) = if small && self.counters.runs_inline() {
                 run_holding(slot, &self.counters, job)
-            } else if self.counters.runs_pinned() && ComputeCores::global().available() {
+            } else if !pin && self.counters.runs_in_place(timeout) && on_worker_pool() {
+                tokio::task::block_in_place(|| run_holding(slot, &self.counters, job))
+            } else {
                 let counters = self.counters.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _pinned = ComputeCores::global().pin_current_thread();
+                    let _pinned = pin
+                        .then(|| ComputeCores::global().pin_current_thread())
+                        .flatten();
                     run_holding(slot, &counters, job)
                 })
                 .await
                 .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?
-            } else if self.counters.runs_in_place(timeout) && on_worker_pool() {
-                tokio::task::block_in_place(|| run_holding(slot, &self.counters, job))
-            } else {
-                let counters = self.counters.clone();
-                tokio::task::spawn_blocking(move || run_holding(slot, &counters, job))
-                    .await
-                    .map_err(|e| NnError::Backend(format!("the compute task failed: {e}")))?
             };
             self.shared.settle(caller, estimate, compute.as_secs_f64());
             result.map(|value| (value, queued, compute))
