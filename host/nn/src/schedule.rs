@@ -14,7 +14,7 @@
 //! model's concurrency.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use std::collections::{HashMap, VecDeque};
@@ -26,8 +26,13 @@ use crate::NnError;
 use crate::cores::ComputeCores;
 
 /// Computes that recently took less than this on average may run on the calling async thread
-/// (tokio's guidance: well under 100 µs between awaits).
+/// (tokio's guidance: well under 100 µs between awaits)...
 const INLINE_BELOW: Duration = Duration::from_micros(50);
+
+/// ...and keep doing so until the average exceeds this: a model whose computes sit near
+/// [`INLINE_BELOW`] (a gathered batch of a quick model, or a compute the OS preempted) does not
+/// flip between running in place and a thread hop that costs more than the compute.
+const INLINE_UNTIL: Duration = Duration::from_micros(100);
 
 /// Computes that recently took at least this on average run on a core of their own
 /// ([`ComputeCores`]): long enough to fill that core's caches with the model, so the rest of the
@@ -204,6 +209,8 @@ struct Counters {
     busy_nanos: AtomicU64,
     /// Moving average of recent compute times, for `Retry-After` (0: no sample yet).
     mean_compute_nanos: AtomicU64,
+    /// Whether small computes run on the async thread (see [`INLINE_BELOW`]).
+    inline: AtomicBool,
     /// The latest successful compute times, for percentiles.
     recent: Mutex<Recent>,
 }
@@ -257,13 +264,17 @@ impl Counters {
             old - old / 4 + nanos / 4
         };
         self.mean_compute_nanos.store(new.max(1), Ordering::Relaxed);
+        if new < INLINE_BELOW.as_nanos() as u64 {
+            self.inline.store(true, Ordering::Relaxed);
+        } else if new > INLINE_UNTIL.as_nanos() as u64 {
+            self.inline.store(false, Ordering::Relaxed);
+        }
     }
 
     /// Whether computes are quick enough to run on an async thread: measured, and under
-    /// [`INLINE_BELOW`] on average.
+    /// [`INLINE_BELOW`] on average since they last averaged over [`INLINE_UNTIL`].
     fn runs_inline(&self) -> bool {
-        let mean = self.mean_compute_nanos.load(Ordering::Relaxed);
-        mean != 0 && mean < INLINE_BELOW.as_nanos() as u64
+        self.inline.load(Ordering::Relaxed)
     }
 
     /// Whether a compute is long enough to run on a core of its own (when the machine has more
@@ -335,7 +346,8 @@ impl Scheduler {
     /// and computing. `timeout` bounds the whole; the queue wait is also bounded by the model's
     /// queue timeout. Where the job runs:
     /// - right here when it is `small` (its inputs are) and this model's computes recently took
-    ///   under [`INLINE_BELOW`]: a hop to another thread would cost more than the compute;
+    ///   under [`INLINE_BELOW`] (until they average over [`INLINE_UNTIL`]): a hop to another
+    ///   thread would cost more than the compute;
     /// - on a blocking thread pinned to a core of its own ([`ComputeCores`]) when computes
     ///   recently took at least [`PIN_ABOVE`] and the machine has several cores: the model then
     ///   fills that core's caches, not those the rest of the request runs on (at one connection
@@ -557,6 +569,31 @@ mod tests {
         let [p50, p99] = counters.recent.lock().unwrap().quantiles([0.5, 0.99]);
         assert!((p50 - 512e-6).abs() < 2e-6, "{p50}");
         assert!((p99 - 1014e-6).abs() < 2e-6, "{p99}");
+    }
+
+    #[test]
+    fn computes_run_inline_below_50_us_until_they_average_over_100() {
+        let counters = Counters::default();
+        assert!(!counters.runs_inline(), "nothing measured yet");
+        counters.record_compute(Duration::from_micros(10), true);
+        assert!(counters.runs_inline());
+        // Batches of 80 µs: the average climbs past 50 µs but stays inline.
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(80), true);
+        }
+        assert!(counters.runs_inline(), "between the bounds nothing changes");
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(200), true);
+        }
+        assert!(!counters.runs_inline(), "over 100 µs on average: off the async thread");
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(80), true);
+        }
+        assert!(!counters.runs_inline(), "and back only under 50 µs");
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(20), true);
+        }
+        assert!(counters.runs_inline());
     }
 
     #[test]
