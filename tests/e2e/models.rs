@@ -7,7 +7,55 @@ use crate::harness::{Fetch as _, client, expect_error, root, shared};
 
 #[tokio::test]
 async fn digits_classifies_the_held_out_split() {
-    let host = shared();
+    let accuracy = classify_holdout(shared(), 8).await;
+    println!("digits held-out accuracy over HTTP: {accuracy:.4}");
+}
+
+/// Digits requests that arrive together are gathered into one backend call (a quick model's
+/// inferences never wait for a slot, so they are gathered on purpose: see `infergate-nn`'s
+/// `compute_batched`), and every caller still gets its own image's answer.
+#[tokio::test]
+async fn digits_requests_that_arrive_together_are_batched() {
+    use crate::harness::{Host, model, wasm};
+    let host = Host::start(&format!(
+        r#"
+[[models]]
+name = "digits"
+path = "{digits}"
+concurrency = 2
+max_batch = 1024
+batching = {{ max_rows = 16 }}
+
+[[plugins]]
+name = "digits"
+path = "{digits_wasm}"
+models = ["digits"]
+"#,
+        digits = model("digits/digits.onnx"),
+        digits_wasm = wasm("digits"),
+    ));
+    classify_holdout(&host, 32).await;
+    let metrics = client().get(host.url("/metrics")).fetch_text().await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{model=\"digits\"}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
+    };
+    let (batched, calls) = (
+        value("infergate_model_batched_total"),
+        value("infergate_model_completed_total"),
+    );
+    println!("held-out split at 32 connections: {calls} backend calls, {batched} batched");
+    assert!(batched >= 2.0, "some requests ran together");
+}
+
+/// Classifies the held-out split over HTTP, `concurrency` requests at a time; asserts that
+/// every answer is well formed and that the accuracy is the training script's, exactly (the
+/// same model gives the same predictions); returns the accuracy.
+async fn classify_holdout(host: &crate::harness::Host, concurrency: usize) -> f64 {
     let holdout: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("tests/data/digits_holdout.json")).unwrap(),
     )
@@ -35,20 +83,18 @@ async fn digits_classifies_the_held_out_split() {
                 body["digit"] == s["label"]
             }
         })
-        .buffer_unordered(8)
+        .buffer_unordered(concurrency)
         .collect()
         .await;
     let accuracy = results.iter().filter(|ok| **ok).count() as f64 / results.len() as f64;
-    println!(
-        "digits held-out accuracy over HTTP: {accuracy:.4} ({} samples)",
-        results.len()
-    );
     assert!(accuracy >= 0.95, "accuracy {accuracy}");
     let expected = holdout["accuracy"].as_f64().unwrap();
     assert!(
         (accuracy - expected).abs() < 1e-9,
-        "host {accuracy} vs training script {expected}"
+        "host {accuracy} vs training script {expected} ({} samples)",
+        results.len()
     );
+    accuracy
 }
 
 fn cosine(a: &[f64], b: &[f64]) -> f64 {

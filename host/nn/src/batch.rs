@@ -1,12 +1,15 @@
 //! Opportunistic batching: inferences of one model that wait at the same time run as one
 //! backend call, which keeps a CPU or GPU busier per call than many small ones.
 //!
-//! Nothing waits on purpose. Every inference joins the model's `pending` list and its fair
+//! Nothing waits on a timer. Every inference joins the model's `pending` list and its fair
 //! queue as usual; whoever gets a compute slot takes its own inference (if nobody took it yet)
 //! and then the oldest compatible ones still pending, up to `max_rows` rows, runs them as one
 //! batch and hands each caller its rows of the outputs. A caller whose inference was taken
 //! into someone else's batch leaves the queue as soon as its rows arrive. Under light load
-//! every batch is a single inference; under load batches fill from the backlog.
+//! every batch is a single inference; under load batches fill from the backlog. A model of
+//! microseconds, whose computes run on the async thread and never form a backlog, is gathered
+//! instead: each caller yields once before taking a slot (`Model::compute_batched`), so the
+//! inferences its thread has ready join the batch.
 //!
 //! Compatible: same input names, types and shapes apart from the leading (batch) axis, and,
 //! when the model declares `pad`, apart from axis 1 as well (sequence length): shorter inputs

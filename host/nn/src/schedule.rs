@@ -489,6 +489,11 @@ impl Scheduler {
         Duration::from_secs(seconds as u64)
     }
 
+    /// Whether this model's small computes run on the calling async thread (see [`Scheduler::run`]).
+    pub(crate) fn runs_inline(&self) -> bool {
+        self.counters.runs_inline()
+    }
+
     pub(crate) fn stats(&self) -> ModelStats {
         let c = &self.counters;
         let [p50, p99] = c

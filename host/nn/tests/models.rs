@@ -546,6 +546,69 @@ async fn waiting_inferences_run_as_one_batch_with_the_same_results() {
     assert_eq!(stats.queued, 0);
 }
 
+/// A quick model's inferences never wait for a slot, so no backlog forms for them to batch
+/// from: the ones a worker thread has ready at the same time are gathered (each yields once
+/// before leading) and run as one backend call, each caller getting its own scores.
+#[tokio::test(flavor = "current_thread")]
+async fn quick_inferences_ready_together_run_as_one_batch() {
+    let mut s = spec("digits", digits_path(), BackendKind::Tract, 2);
+    s.queue_depth = 64;
+    s.batching = Some(infergate_nn::Batching {
+        max_rows: 16,
+        pad: false,
+    });
+    let model = load_one(s, &BackendOptions::default());
+    let data = holdout();
+    // Computes that measured a few microseconds run on the async thread (the first, cold one
+    // takes longer; the recent average decides).
+    for _ in 0..10 {
+        predict_digits(&model, &data.pixels[..64]).await;
+    }
+
+    // 20 requests ready at once on the only thread: 16 in the first batch, 4 in the next.
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let model = model.clone();
+            let pixels = data.pixels[i * 64..(i + 1) * 64].to_vec();
+            tokio::spawn(async move {
+                let out = compute(&model, vec![f32s("pixels", &[1, 64], &pixels)]).await;
+                read_f32(&out.unwrap().outputs[0].tensor)
+            })
+        })
+        .collect();
+    let mut scores = Vec::new();
+    for task in tasks {
+        scores.extend(task.await.unwrap());
+    }
+    let solo = {
+        let mut s = spec("digits", digits_path(), BackendKind::Tract, 1);
+        s.batching = None;
+        load_one(s, &BackendOptions::default())
+    };
+    for i in 0..20 {
+        let own = &scores[i * 10..(i + 1) * 10];
+        let expected = compute(
+            &solo,
+            vec![f32s("pixels", &[1, 64], &data.pixels[i * 64..(i + 1) * 64])],
+        )
+        .await
+        .unwrap();
+        for (a, b) in own.iter().zip(read_f32(&expected.outputs[0].tensor)) {
+            assert!(
+                (a - b).abs() < 1e-5,
+                "request {i}: {own:?} alone gave another answer"
+            );
+        }
+    }
+    let stats = model.stats();
+    assert_eq!(stats.batched, 20, "every request ran in a batch: {stats:?}");
+    assert_eq!(
+        stats.completed,
+        10 + 2,
+        "two backend calls for 20 requests: {stats:?}"
+    );
+}
+
 /// An input the backend refuses fails only its own caller, not the batch it was taken into.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_input_in_a_batch_fails_only_its_caller() {
