@@ -35,21 +35,26 @@ models = ["digits"]
         digits_wasm = wasm("digits"),
     ));
     classify_holdout(&host, 32).await;
+    let (batched, calls) = batch_counters(&host, "digits").await;
+    println!("held-out split at 32 connections: {calls} backend calls, {batched} batched");
+    assert!(batched >= 2.0, "some requests ran together");
+}
+
+/// A model's (inferences that ran batched, backend calls) from the host's `/metrics`.
+async fn batch_counters(host: &crate::harness::Host, model: &str) -> (f64, f64) {
     let metrics = client().get(host.url("/metrics")).fetch_text().await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()
-            .find(|l| l.starts_with(&format!("{name}{{model=\"digits\"}}")))
+            .find(|l| l.starts_with(&format!("{name}{{model=\"{model}\"}}")))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
     };
-    let (batched, calls) = (
+    (
         value("infergate_model_batched_total"),
         value("infergate_model_completed_total"),
-    );
-    println!("held-out split at 32 connections: {calls} backend calls, {batched} batched");
-    assert!(batched >= 2.0, "some requests ran together");
+    )
 }
 
 /// Classifies the held-out split over HTTP, `concurrency` requests at a time; asserts that
@@ -293,19 +298,7 @@ models = ["all-minilm-l6-v2"]
     });
     futures::future::join_all(requests).await;
 
-    let metrics = c.get(host.url("/metrics")).fetch_text().await;
-    let value = |name: &str| -> f64 {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(&format!("{name}{{model=\"all-minilm-l6-v2\"}}")))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{metrics}"))
-    };
-    let (batched, calls) = (
-        value("infergate_model_batched_total"),
-        value("infergate_model_completed_total"),
-    );
+    let (batched, calls) = batch_counters(&host, "all-minilm-l6-v2").await;
     println!(
         "{} requests: {calls} backend calls, {batched} batched",
         3 * sentences.len()

@@ -590,7 +590,10 @@ mod tests {
         for _ in 0..20 {
             counters.record_compute(Duration::from_micros(200), true);
         }
-        assert!(!counters.runs_inline(), "over 100 µs on average: off the async thread");
+        assert!(
+            !counters.runs_inline(),
+            "over 100 µs on average: off the async thread"
+        );
         for _ in 0..20 {
             counters.record_compute(Duration::from_micros(80), true);
         }
