@@ -580,11 +580,10 @@ async fn quick_inferences_ready_together_run_as_one_batch() {
     for task in tasks {
         scores.extend(task.await.unwrap());
     }
-    let solo = {
-        let mut s = spec("digits", digits_path(), BackendKind::Tract, 1);
-        s.batching = None;
-        load_one(s, &BackendOptions::default())
-    };
+    let solo = load_one(
+        spec("digits", digits_path(), BackendKind::Tract, 1),
+        &BackendOptions::default(),
+    );
     for i in 0..20 {
         let own = &scores[i * 10..(i + 1) * 10];
         let expected = compute(
