@@ -391,11 +391,13 @@ impl Model {
                     return None;
                 }
                 let mut ctx = inner.lock().unwrap_or_else(|p| p.into_inner());
-                Some(if batcher.run(&mut ctx, jobs) {
+                let rows = jobs.len();
+                let result = if batcher.run(&mut ctx, jobs) {
                     Ok(())
                 } else {
                     Err(NnError::Backend("an inference of the batch failed".into()))
-                })
+                };
+                Some((rows, result))
             },
         );
         let answered = async {

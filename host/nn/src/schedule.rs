@@ -25,14 +25,23 @@ use tokio::sync::oneshot;
 use crate::NnError;
 use crate::cores::ComputeCores;
 
-/// Computes that recently took less than this on average may run on the calling async thread
+/// Inferences that recently took less than this on average may run on the calling async thread
 /// (tokio's guidance: well under 100 µs between awaits)...
+///
+/// The average is per inference, not per backend call: a batch of n holds its thread no longer
+/// than its n inferences would one after another there, and on a slow machine a gathered batch
+/// of a quick model takes 70–90 µs, which must not send every batch through a thread hop that
+/// costs more than the compute.
 const INLINE_BELOW: Duration = Duration::from_micros(50);
 
-/// ...and keep doing so until the average exceeds this: a model whose computes sit near
-/// [`INLINE_BELOW`] (a gathered batch of a quick model, or a compute the OS preempted) does not
-/// flip between running in place and a thread hop that costs more than the compute.
+/// ...and keep doing so until the average exceeds this: a model whose inferences sit near
+/// [`INLINE_BELOW`] (or that the OS preempted now and then) does not flip between running in
+/// place and a thread hop that costs more than the compute.
 const INLINE_UNTIL: Duration = Duration::from_micros(100);
+
+/// Whatever the time per inference, backend calls that recently took more than this on average
+/// (a large batch) do not run on the async thread.
+const INLINE_CALL_MAX: Duration = Duration::from_micros(250);
 
 /// Computes that recently took at least this on average run on a core of their own
 /// ([`ComputeCores`]): long enough to fill that core's caches with the model, so the rest of the
@@ -209,6 +218,8 @@ struct Counters {
     busy_nanos: AtomicU64,
     /// Moving average of recent compute times, for `Retry-After` (0: no sample yet).
     mean_compute_nanos: AtomicU64,
+    /// Moving average of recent compute times per inference (a batch of n counts n).
+    mean_inference_nanos: AtomicU64,
     /// Whether small computes run on the async thread (see [`INLINE_BELOW`]).
     inline: AtomicBool,
     /// The latest successful compute times, for percentiles.
@@ -244,7 +255,8 @@ impl Recent {
 }
 
 impl Counters {
-    fn record_compute(&self, elapsed: Duration, ok: bool) {
+    /// Records one backend call that served `inferences` inferences (a batch, or 1).
+    fn record_compute(&self, elapsed: Duration, inferences: usize, ok: bool) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
         if ok {
@@ -256,25 +268,21 @@ impl Counters {
         } else {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
-        // Exponential moving average, weight 1/4 for the newest sample; races only lose a sample.
-        let old = self.mean_compute_nanos.load(Ordering::Relaxed);
-        let new = if old == 0 {
-            nanos
-        } else {
-            old - old / 4 + nanos / 4
-        };
-        self.mean_compute_nanos.store(new.max(1), Ordering::Relaxed);
-        if new < INLINE_BELOW.as_nanos() as u64 {
+        ema(&self.mean_compute_nanos, nanos);
+        let per_inference = ema(&self.mean_inference_nanos, nanos / inferences.max(1) as u64);
+        if per_inference < INLINE_BELOW.as_nanos() as u64 {
             self.inline.store(true, Ordering::Relaxed);
-        } else if new > INLINE_UNTIL.as_nanos() as u64 {
+        } else if per_inference > INLINE_UNTIL.as_nanos() as u64 {
             self.inline.store(false, Ordering::Relaxed);
         }
     }
 
     /// Whether computes are quick enough to run on an async thread: measured, and under
-    /// [`INLINE_BELOW`] on average since they last averaged over [`INLINE_UNTIL`].
+    /// [`INLINE_BELOW`] per inference on average since they last averaged over
+    /// [`INLINE_UNTIL`], and no more than [`INLINE_CALL_MAX`] per call.
     fn runs_inline(&self) -> bool {
         self.inline.load(Ordering::Relaxed)
+            && self.mean_compute_nanos.load(Ordering::Relaxed) <= INLINE_CALL_MAX.as_nanos() as u64
     }
 
     /// Whether a compute is long enough to run on a core of its own (when the machine has more
@@ -370,13 +378,14 @@ impl Scheduler {
         T: Send + 'static,
     {
         let (value, queued, compute) = self
-            .run_if(model, caller, timeout, small, move || Some(job()))
+            .run_if(model, caller, timeout, small, move || Some((1, job())))
             .await?;
         Ok((value.expect("the job always computes"), queued, compute))
     }
 
     /// [`Scheduler::run`] for a job that may find nothing to compute once it holds the slot
-    /// (`None`: a batch already took its work); such a run is not counted as a compute.
+    /// (`None`: a batch already took its work; such a run is not counted as a compute), and
+    /// that says how many inferences its compute served (a batch's rows).
     pub(crate) async fn run_if<T, F>(
         &self,
         model: &str,
@@ -386,7 +395,7 @@ impl Scheduler {
         job: F,
     ) -> Result<(Option<T>, Duration, Duration), NnError>
     where
-        F: FnOnce() -> Option<Result<T, NnError>> + Send + 'static,
+        F: FnOnce() -> Option<(usize, Result<T, NnError>)> + Send + 'static,
         T: Send + 'static,
     {
         let arrived = Instant::now();
@@ -529,19 +538,34 @@ fn on_worker_pool() -> bool {
 }
 
 /// The blocking side of a compute: holds the slot until the job really ends.
+/// Folds `sample` into the exponential moving average `mean` (weight 1/4 for the newest; 0:
+/// no sample yet) and returns the new average. Races only lose a sample.
+fn ema(mean: &AtomicU64, sample: u64) -> u64 {
+    let old = mean.load(Ordering::Relaxed);
+    let new = if old == 0 {
+        sample
+    } else {
+        old - old / 4 + sample / 4
+    };
+    let new = new.max(1);
+    mean.store(new, Ordering::Relaxed);
+    new
+}
+
 fn run_holding<T>(
     slot: Slot,
     counters: &Counters,
-    job: impl FnOnce() -> Option<Result<T, NnError>>,
+    job: impl FnOnce() -> Option<(usize, Result<T, NnError>)>,
 ) -> (Result<Option<T>, NnError>, Duration) {
     counters.running.fetch_add(1, Ordering::Relaxed);
     let _running = Gauge(&counters.running);
     let started = Instant::now();
     let result = job();
     let elapsed = started.elapsed();
-    if let Some(result) = &result {
-        counters.record_compute(elapsed, result.is_ok());
-    }
+    let result = result.map(|(inferences, result)| {
+        counters.record_compute(elapsed, inferences, result.is_ok());
+        result
+    });
     drop(slot);
     (result.transpose(), elapsed)
 }
@@ -554,7 +578,8 @@ mod tests {
     async fn retry_after_is_at_least_a_second_and_grows_with_the_queue() {
         let s = Scheduler::new(1, 4, Duration::from_secs(5));
         assert_eq!(s.retry_after(1), Duration::from_secs(1));
-        s.counters.record_compute(Duration::from_millis(1500), true);
+        s.counters
+            .record_compute(Duration::from_millis(1500), 1, true);
         assert_eq!(s.retry_after(1), Duration::from_secs(2));
         assert_eq!(s.retry_after(3), Duration::from_secs(5));
     }
@@ -565,12 +590,12 @@ mod tests {
         assert_eq!(counters.recent.lock().unwrap().quantiles([0.5]), [0.0]);
         // An old slow era, then RECENT_COMPUTES fast computes: only the fast ones count.
         for _ in 0..100 {
-            counters.record_compute(Duration::from_secs(1), true);
+            counters.record_compute(Duration::from_secs(1), 1, true);
         }
         for i in 1..=RECENT_COMPUTES as u64 {
-            counters.record_compute(Duration::from_micros(i), true);
+            counters.record_compute(Duration::from_micros(i), 1, true);
         }
-        counters.record_compute(Duration::from_secs(9), false);
+        counters.record_compute(Duration::from_secs(9), 1, false);
         let [p50, p99] = counters.recent.lock().unwrap().quantiles([0.5, 0.99]);
         assert!((p50 - 512e-6).abs() < 2e-6, "{p50}");
         assert!((p99 - 1014e-6).abs() < 2e-6, "{p99}");
@@ -580,28 +605,51 @@ mod tests {
     fn computes_run_inline_below_50_us_until_they_average_over_100() {
         let counters = Counters::default();
         assert!(!counters.runs_inline(), "nothing measured yet");
-        counters.record_compute(Duration::from_micros(10), true);
+        counters.record_compute(Duration::from_micros(10), 1, true);
         assert!(counters.runs_inline());
         // Batches of 80 µs: the average climbs past 50 µs but stays inline.
         for _ in 0..20 {
-            counters.record_compute(Duration::from_micros(80), true);
+            counters.record_compute(Duration::from_micros(80), 1, true);
         }
         assert!(counters.runs_inline(), "between the bounds nothing changes");
         for _ in 0..20 {
-            counters.record_compute(Duration::from_micros(200), true);
+            counters.record_compute(Duration::from_micros(200), 1, true);
         }
         assert!(
             !counters.runs_inline(),
             "over 100 µs on average: off the async thread"
         );
         for _ in 0..20 {
-            counters.record_compute(Duration::from_micros(80), true);
+            counters.record_compute(Duration::from_micros(80), 1, true);
         }
         assert!(!counters.runs_inline(), "and back only under 50 µs");
         for _ in 0..20 {
-            counters.record_compute(Duration::from_micros(20), true);
+            counters.record_compute(Duration::from_micros(20), 1, true);
         }
         assert!(counters.runs_inline());
+    }
+
+    #[test]
+    fn a_batch_counts_per_inference_for_running_inline() {
+        let counters = Counters::default();
+        // Gathered batches of 6 at 90 µs: 15 µs per inference, so they stay on the async thread.
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(90), 6, true);
+        }
+        assert!(counters.runs_inline());
+        // The average per call still says what a call costs (Retry-After, pinning, estimates).
+        let mean = counters.mean_compute_nanos.load(Ordering::Relaxed);
+        assert!((85_000..=90_000).contains(&mean), "{mean}");
+        // Batches of 16 at 400 µs are quick per inference, but too long a call for it.
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(400), 16, true);
+        }
+        assert!(!counters.runs_inline());
+        // Single inferences of 200 µs move off it as well.
+        for _ in 0..20 {
+            counters.record_compute(Duration::from_micros(200), 1, true);
+        }
+        assert!(!counters.runs_inline());
     }
 
     #[test]
@@ -611,7 +659,7 @@ mod tests {
             !counters.runs_in_place(Duration::from_secs(5)),
             "nothing measured yet"
         );
-        counters.record_compute(Duration::from_millis(100), true);
+        counters.record_compute(Duration::from_millis(100), 1, true);
         assert!(counters.runs_in_place(Duration::from_secs(5)));
         assert!(!counters.runs_in_place(Duration::from_millis(900)));
     }
