@@ -353,9 +353,9 @@ impl Scheduler {
     /// Runs `job` once `caller` gets a slot; returns its result with the time spent queueing
     /// and computing. `timeout` bounds the whole; the queue wait is also bounded by the model's
     /// queue timeout. Where the job runs:
-    /// - right here when it is `small` (its inputs are) and this model's computes recently took
-    ///   under [`INLINE_BELOW`] (until they average over [`INLINE_UNTIL`]): a hop to another
-    ///   thread would cost more than the compute;
+    /// - right here when it is `small` (its inputs are) and this model's inferences recently
+    ///   took under [`INLINE_BELOW`] each (until they average over [`INLINE_UNTIL`]; calls over
+    ///   [`INLINE_CALL_MAX`] never): a hop to another thread would cost more than the compute;
     /// - on a blocking thread pinned to a core of its own ([`ComputeCores`]) when computes
     ///   recently took at least [`PIN_ABOVE`] and the machine has several cores: the model then
     ///   fills that core's caches, not those the rest of the request runs on (at one connection
@@ -537,7 +537,6 @@ fn on_worker_pool() -> bool {
         .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
-/// The blocking side of a compute: holds the slot until the job really ends.
 /// Folds `sample` into the exponential moving average `mean` (weight 1/4 for the newest; 0:
 /// no sample yet) and returns the new average. Races only lose a sample.
 fn ema(mean: &AtomicU64, sample: u64) -> u64 {
@@ -552,6 +551,7 @@ fn ema(mean: &AtomicU64, sample: u64) -> u64 {
     new
 }
 
+/// The blocking side of a compute: holds the slot until the job really ends.
 fn run_holding<T>(
     slot: Slot,
     counters: &Counters,
