@@ -216,7 +216,8 @@ struct Counters {
     rejected: AtomicU64,
     timed_out: AtomicU64,
     busy_nanos: AtomicU64,
-    /// Moving average of recent compute times, for `Retry-After` (0: no sample yet).
+    /// Moving average of recent compute times per backend call (0: no sample yet): what the
+    /// next compute costs, for fair queueing, `Retry-After` and where a compute runs.
     mean_compute_nanos: AtomicU64,
     /// Moving average of recent compute times per inference (a batch of n counts n).
     mean_inference_nanos: AtomicU64,
