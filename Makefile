@@ -1,5 +1,6 @@
 # The two commands of the README:
-#   make serve   build and run the host on its embedded default (first-party plugins, bundled models)
+#   make serve   build and run the host on its embedded default (first-party plugins, bundled models),
+#                as shipped: the `dist` profile (release plus link-time optimisation)
 #   make test    run every test
 # Both install what they need first (wasm target, Python model tooling, the embedding model).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
@@ -12,7 +13,7 @@ export ORT_DYLIB_PATH
 .PHONY: serve test setup models bench
 
 serve: setup
-	cargo run --release -p infergate -- serve
+	cargo run --profile dist -p infergate -- serve
 
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 

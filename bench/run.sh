@@ -34,8 +34,9 @@ WASMTIME_VERSION=48.0.8
 VENV="$ROOT/bench/.venv"
 TOOLS="$ROOT/bench/.tools"
 WASMTIME="$TOOLS/bin/wasmtime"
-INFERGATE="$ROOT/target/release/infergate"
-EXAMPLES="$ROOT/target/release/examples"
+# The shipped build: the `dist` profile of Cargo.toml (release plus link-time optimisation).
+INFERGATE="$ROOT/target/dist/infergate"
+EXAMPLES="$ROOT/target/dist/examples"
 WASM_DIR="$ROOT/target/wasm/wasm32-wasip2/release"
 NOOP_WASM="$WASM_DIR/noop.wasm"
 # The key of bench/infergate.toml; the peer is given the same one.
@@ -83,7 +84,7 @@ ort_dylib() {
 build() {
     log "building infergate, the plugins and the examples"
     make setup
-    cargo build --release --workspace --bins --examples
+    cargo build --profile dist --workspace --bin infergate --example floor --example bench_micro
     # The plugins bench/infergate.toml loads, from this checkout's sources.
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
         --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed
