@@ -2,7 +2,7 @@
 //! the route, and writing the [`Response`] back over the output stream.
 //!
 //! Stream rules followed here: the whole body is read with `blocking-read` until
-//! `stream-error::closed`; the response is handed to `response-outparam.set` *before* its body
+//! `stream-error::closed` (or until `content-length` bytes are in); the response is handed to `response-outparam.set` *before* its body
 //! is written (the host reads the body as it streams); body bytes go out through
 //! `blocking-write-and-flush` in chunks of at most 4096 bytes, then `outgoing-body.finish`.
 
@@ -169,7 +169,11 @@ pub fn handle(
         headers.clone(),
     );
 
-    let response = match read_body(&incoming) {
+    let length = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.trim().parse().ok());
+    let response = match read_body(&incoming, length) {
         Ok(body) => {
             drop(incoming);
             let request = Request {
@@ -208,14 +212,16 @@ fn dispatch(def: &crate::__private::PluginDef, ctx: &Ctx, request: &Request) -> 
     }
 }
 
-fn read_body(request: &IncomingRequest) -> Result<Vec<u8>> {
+/// Reads the whole body; with its `content-length` known, stops once that many bytes are in
+/// instead of asking once more for the end of the stream.
+fn read_body(request: &IncomingRequest, length: Option<usize>) -> Result<Vec<u8>> {
     let failed = |what: &str| Error::bad_request(format!("cannot read the request body: {what}"));
     let body = request
         .consume()
         .map_err(|()| failed("body already consumed"))?;
     let stream = body.stream().map_err(|()| failed("no body stream"))?;
-    let mut bytes = Vec::new();
-    loop {
+    let mut bytes = Vec::with_capacity(length.unwrap_or(0).min(READ_CHUNK as usize));
+    while length != Some(bytes.len()) {
         match stream.blocking_read(READ_CHUNK) {
             Ok(chunk) => bytes.extend_from_slice(&chunk),
             Err(StreamError::Closed) => break,
