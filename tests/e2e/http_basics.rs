@@ -208,6 +208,22 @@ async fn oversized_bodies_are_refused() {
         r.json::<serde_json::Value>().await.unwrap(),
         json!({"n": 1, "text": "ok"})
     );
+    // A chunked body within the limit reaches the plugin whole (the guest has no Content-Length
+    // to go by and reads to the end of the stream).
+    let text = "y".repeat(2500);
+    let chunked = serde_json::to_vec(&json!({"n": 2, "text": text})).unwrap();
+    let r = c
+        .post(host.url("/hostile/echo"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_stream(chunked)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap(),
+        json!({"n": 2, "text": text})
+    );
 }
 
 fn futures_stream(bytes: Vec<u8>) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {

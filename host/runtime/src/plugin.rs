@@ -4,9 +4,12 @@
 //! into an `InstancePre`, reads and validates its manifest in a throw-away store, and checks the
 //! operator granted every model it wants. A call gets a fresh store with the plugin's limits,
 //! hands the request to `wasi:http/incoming-handler`, and collects the response within the
-//! plugin's wall-clock and size limits. Every way a plugin can fail maps to one [`InvokeError`].
+//! plugin's wall-clock and size limits. The guest runs in the caller's task, beside the
+//! collection of its response; only a streaming route's guest gets a task of its own. Every way a plugin can fail maps to one [`InvokeError`].
 
-use std::pin::Pin;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -17,8 +20,11 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full};
 use tokio::sync::Semaphore;
 use wasmtime::Store;
+use wasmtime::component::Resource;
 use wasmtime_wasi_http::WasiHttpView;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
 use crate::bindings::{Plugin as PluginWorld, PluginPre};
 use crate::engine::{CacheOutcome, Runtime};
@@ -83,7 +89,7 @@ pub enum PluginBody {
 /// A response body passed through while the plugin writes it, still bounded by the plugin's
 /// wall-clock deadline and response size limit; dropping it stops the plugin.
 pub struct StreamedBody {
-    inner: wasmtime_wasi_http::p2::body::HyperOutgoingBody,
+    inner: HyperOutgoingBody,
     _task: AbortOnDrop,
     sent: usize,
     limit: usize,
@@ -234,6 +240,17 @@ struct Outcome {
     memory_exceeded: bool,
 }
 
+impl Outcome {
+    /// The guest's run ended by a failure of the host's own.
+    fn failed(why: &str) -> Self {
+        Outcome {
+            result: Err(wasmtime::Error::msg(why.to_string())),
+            usage: Usage::default(),
+            memory_exceeded: false,
+        }
+    }
+}
+
 impl Plugin {
     pub fn name(&self) -> &str {
         &self.name
@@ -293,39 +310,26 @@ impl Plugin {
             .new_response_outparam(sender)
             .map_err(setup)?;
 
-        let pre = self.pre.clone();
-        let task = tokio::spawn(async move {
-            let result = async {
-                let instance: PluginWorld = pre.instantiate_async(&mut store).await?;
-                instance
-                    .wasi_http_incoming_handler()
-                    .call_handle(&mut store, req, out)
-                    .await
-            }
-            .await;
-            let state = store.into_data();
-            Outcome {
-                result,
-                usage: state.usage,
-                memory_exceeded: state.limiter.memory_exceeded,
-            }
-        });
-        let mut task = AbortOnDrop(task);
+        let guest = run_guest(self.pre.clone(), store, req, out);
+        let limit = self.limits.max_response_bytes;
+        if !streaming {
+            return self.call_inline(guest, receiver, limit, started).await;
+        }
 
+        // A streaming route: the guest runs in a task of its own, since it goes on writing the
+        // body after this call has returned the response head.
+        let mut task = AbortOnDrop(tokio::spawn(guest));
         let response = match receiver.await {
             Ok(Ok(response)) => response,
             // The guest answered with an error code instead of a response.
             Ok(Err(code)) => {
-                return Err(self
-                    .finish_error(&mut task, Some(format!("{code:?}")))
-                    .await);
+                return Err(self.failure(task.join().await, Some(format!("{code:?}"))));
             }
             // The guest ended without answering: its outcome says why.
-            Err(_) => return Err(self.finish_error(&mut task, None).await),
+            Err(_) => return Err(self.failure(task.join().await, None)),
         };
-        let (parts, mut body) = response.into_parts();
-        let limit = self.limits.max_response_bytes;
-        if streaming && parts.status.is_success() {
+        let (parts, body) = response.into_parts();
+        if parts.status.is_success() {
             return Ok(PluginResponse {
                 status: parts.status,
                 headers: parts.headers,
@@ -340,21 +344,83 @@ impl Plugin {
                 usage: Usage::default(),
             });
         }
-        let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            match frame {
-                Ok(frame) => {
-                    if let Ok(data) = frame.into_data() {
-                        if buf.len() + data.len() > limit {
-                            return Err(InvokeError::ResponseTooLarge(limit));
-                        }
-                        buf.extend_from_slice(&data);
+        let answer = match collect(body, limit).await {
+            Ok(bytes) => Answer::Ready(parts, bytes),
+            Err(failure) => failure,
+        };
+        let outcome = match answer {
+            Answer::TooLarge => return Err(InvokeError::ResponseTooLarge(limit)),
+            _ => task.join().await,
+        };
+        self.finish(outcome, answer, started)
+    }
+
+    /// Runs the guest in this task, beside the collection of its answer: no task of its own and
+    /// no wake-up across tasks, for the common case of a response read in full.
+    async fn call_inline(
+        &self,
+        guest: impl Future<Output = Outcome>,
+        receiver: tokio::sync::oneshot::Receiver<
+            Result<http::Response<HyperOutgoingBody>, ErrorCode>,
+        >,
+        limit: usize,
+        started: Instant,
+    ) -> Result<PluginResponse, InvokeError> {
+        let mut guest = pin!(guest);
+        let mut answer = pin!(async {
+            match receiver.await {
+                Ok(Ok(response)) => {
+                    let (parts, body) = response.into_parts();
+                    match collect(body, limit).await {
+                        Ok(bytes) => Answer::Ready(parts, bytes),
+                        Err(failure) => failure,
                     }
                 }
-                Err(e) => return Err(self.finish_error(&mut task, Some(format!("{e:?}"))).await),
+                Ok(Err(code)) => Answer::Failed(Some(format!("{code:?}"))),
+                Err(_) => Answer::Failed(None),
             }
+        });
+        let (mut outcome, mut answered) = (None, None);
+        // Both run until the guest has ended and its answer is in; a response over the size
+        // limit ends the call at once (dropping the guest's future drops its store).
+        std::future::poll_fn(|cx| {
+            if outcome.is_none() {
+                // A panic in a host function ends this call only, as it would end a task.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| guest.as_mut().poll(cx))) {
+                    Ok(Poll::Ready(o)) => outcome = Some(o),
+                    Ok(Poll::Pending) => {}
+                    Err(_) => outcome = Some(Outcome::failed("the plugin call panicked")),
+                }
+            }
+            if answered.is_none() {
+                if let Poll::Ready(a) = answer.as_mut().poll(cx) {
+                    answered = Some(a);
+                }
+            }
+            match (&outcome, &answered) {
+                (_, Some(Answer::TooLarge)) | (Some(_), Some(_)) => Poll::Ready(()),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match (outcome, answered) {
+            (Some(outcome), Some(answer)) => self.finish(outcome, answer, started),
+            _ => Err(InvokeError::ResponseTooLarge(limit)),
         }
-        let outcome = task.join().await;
+    }
+
+    /// The result of a call whose guest has ended.
+    fn finish(
+        &self,
+        outcome: Outcome,
+        answer: Answer,
+        started: Instant,
+    ) -> Result<PluginResponse, InvokeError> {
+        let (parts, bytes) = match answer {
+            Answer::Ready(parts, bytes) => (parts, bytes),
+            Answer::Failed(problem) => return Err(self.failure(outcome, problem)),
+            Answer::TooLarge => unreachable!("a response over the limit ends the call early"),
+        };
         if let Err(e) = outcome.result {
             return Err(self.classify(e, outcome.memory_exceeded));
         }
@@ -362,14 +428,13 @@ impl Plugin {
         Ok(PluginResponse {
             status: parts.status,
             headers: parts.headers,
-            body: PluginBody::Full(buf.freeze()),
+            body: PluginBody::Full(bytes),
             usage: outcome.usage,
         })
     }
 
-    /// The guest ended without a usable response: find out why from its task.
-    async fn finish_error(&self, task: &mut AbortOnDrop, problem: Option<String>) -> InvokeError {
-        let outcome = task.join().await;
+    /// The guest ended without a usable response: its outcome says why.
+    fn failure(&self, outcome: Outcome, problem: Option<String>) -> InvokeError {
         match (outcome.result, problem) {
             (Err(e), _) => self.classify(e, outcome.memory_exceeded),
             (Ok(()), Some(problem)) => InvokeError::PluginError(problem),
@@ -423,11 +488,7 @@ impl AbortOnDrop {
     async fn join(&mut self) -> Outcome {
         match (&mut self.0).await {
             Ok(outcome) => outcome,
-            Err(e) => Outcome {
-                result: Err(wasmtime::Error::msg(format!("plugin task failed: {e}"))),
-                usage: Usage::default(),
-                memory_exceeded: false,
-            },
+            Err(e) => Outcome::failed(&format!("plugin task failed: {e}")),
         }
     }
 }
@@ -436,4 +497,57 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Instantiates the plugin in `store` and runs its `handle` to the end.
+async fn run_guest(
+    pre: PluginPre<PluginState>,
+    mut store: Store<PluginState>,
+    request: Resource<HostIncomingRequest>,
+    out: Resource<HostResponseOutparam>,
+) -> Outcome {
+    let result = async {
+        let instance: PluginWorld = pre.instantiate_async(&mut store).await?;
+        instance
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, out)
+            .await
+    }
+    .await;
+    let state = store.into_data();
+    Outcome {
+        result,
+        usage: state.usage,
+        memory_exceeded: state.limiter.memory_exceeded,
+    }
+}
+
+/// What became of the response the guest handed over.
+enum Answer {
+    /// Its head and whole body.
+    Ready(http::response::Parts, Bytes),
+    /// The body grew past the plugin's response size limit.
+    TooLarge,
+    /// No response, or a body that ended in an error (what the guest or its body said, if
+    /// anything).
+    Failed(Option<String>),
+}
+
+/// Reads a response body in full, up to `limit` bytes.
+async fn collect(mut body: HyperOutgoingBody, limit: usize) -> Result<Bytes, Answer> {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > limit {
+                        return Err(Answer::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Err(e) => return Err(Answer::Failed(Some(format!("{e:?}")))),
+        }
+    }
+    Ok(buf.freeze())
 }
