@@ -4,13 +4,15 @@
 #   make test    run every test
 # Both install what they need first (wasm target, Python model tooling, the embedding model).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
+#      make pgo     the build for deployment and for the benchmark: `dist` plus profile-guided
+#                   optimisation (bench/pgo.sh; needs wrk), at target/pgo/infergate
 
 PYTHON ?= python3
 # ONNX Runtime for the optional backend and its tests: the library inside the PyPI wheel.
 ORT_DYLIB_PATH ?= $(shell $(PYTHON) -c 'import onnxruntime, glob, os; print((glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")) or [""])[0])' 2>/dev/null)
 export ORT_DYLIB_PATH
 
-.PHONY: serve test setup models bench
+.PHONY: serve test setup models bench pgo
 
 serve: setup
 	cargo run --profile dist -p infergate -- serve
@@ -31,3 +33,6 @@ models:
 
 bench:
 	bench/run.sh
+
+pgo: setup
+	bench/pgo.sh

@@ -13,9 +13,14 @@
 #   embed   POST /embed/embeddings bench/requests/embed.json: infergate vs FastAPI, both on
 #           ONNX Runtime with the same model file
 #
+# infergate is measured as built for deployment: bench/pgo.sh (link-time and profile-guided
+# optimisation, trained on these routes) at target/pgo/infergate.
+#
 # Knobs: BENCH_DURATION (10s), BENCH_WARMUP (5s), BENCH_RUNS (3), BENCH_CONNECTIONS (16),
 # BENCH_SCENARIOS ("noop digits embed embed1"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
-# 1 skips building infergate and the plugins).
+# 1 skips building infergate and the plugins), BENCH_PGO (1; 0 measures the `dist` profile's
+# build, link-time optimisation only, at target/dist/infergate), BENCH_PEER_PYTHON (the
+# interpreter of the peer's venv; /usr/bin/python3 where it exists).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,15 +33,24 @@ CONNECTIONS="${BENCH_CONNECTIONS:-16}"
 SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1}"
 WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 PYTHON="${PYTHON:-python3}"
+# The peer's interpreter: the distribution's own where there is one. Debian's python3 served the
+# FastAPI peer 8-28% faster than a pyenv build with default flags (bench/RESULTS.md).
+if [[ -x /usr/bin/python3 ]]; then PEER_PYTHON="${BENCH_PEER_PYTHON:-/usr/bin/python3}"; else PEER_PYTHON="${BENCH_PEER_PYTHON:-$PYTHON}"; fi
 CORES="$(nproc)"
 
 WASMTIME_VERSION=48.0.8
 VENV="$ROOT/bench/.venv"
 TOOLS="$ROOT/bench/.tools"
 WASMTIME="$TOOLS/bin/wasmtime"
-# The shipped build: the `dist` profile of Cargo.toml (release plus link-time optimisation).
-INFERGATE="$ROOT/target/dist/infergate"
-EXAMPLES="$ROOT/target/dist/examples"
+PGO="${BENCH_PGO:-1}"
+if [[ "$PGO" == 1 ]]; then
+    INFERGATE="$ROOT/target/pgo/infergate"
+    EXAMPLES="$ROOT/target/pgo/examples"
+else
+    # The `dist` profile of Cargo.toml (release plus link-time optimisation).
+    INFERGATE="$ROOT/target/dist/infergate"
+    EXAMPLES="$ROOT/target/dist/examples"
+fi
 WASM_DIR="$ROOT/target/wasm/wasm32-wasip2/release"
 NOOP_WASM="$WASM_DIR/noop.wasm"
 # The key of bench/infergate.toml; the peer is given the same one.
@@ -62,10 +76,11 @@ install_tools() {
     fi
     local stamp="$VENV/.requirements.sha256"
     local want
-    want="$(sha256sum bench/requirements.txt | cut -d' ' -f1)"
+    want="$(sha256sum bench/requirements.txt | cut -d' ' -f1) $(readlink -f "$(command -v "$PEER_PYTHON")")"
     if [[ ! -x "$VENV/bin/python" || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-        log "creating $VENV from bench/requirements.txt"
-        "$PYTHON" -m venv "$VENV"
+        log "creating $VENV from bench/requirements.txt with $PEER_PYTHON"
+        rm -rf "$VENV"
+        "$PEER_PYTHON" -m venv "$VENV"
         "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
         echo "$want" >"$stamp"
     fi
@@ -84,10 +99,17 @@ ort_dylib() {
 build() {
     log "building infergate, the plugins and the examples"
     make setup
-    cargo build --profile dist --workspace --bin infergate --example floor --example bench_micro
     # The plugins bench/infergate.toml loads, from this checkout's sources.
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
         --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed
+    if [[ "$PGO" == 1 ]]; then
+        bench/pgo.sh
+    else
+        # Two builds: with the examples, their dev-dependencies (tokio's `test-util`) would
+        # change the server's dependencies; alone it is the binary `make serve` builds.
+        cargo build --profile dist --workspace --bin infergate
+        cargo build --profile dist --workspace --example floor --example bench_micro
+    fi
 }
 
 # ---- servers ---------------------------------------------------------------------------------
@@ -226,8 +248,8 @@ scenario() {
 # ---- main ------------------------------------------------------------------------------------
 
 install_tools
-if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then build; fi
 export ORT_DYLIB_PATH="$(ort_dylib)"
+if [[ -z "${BENCH_SKIP_BUILD:-}" ]]; then build; fi
 # Hard links to the binaries, so that a build running meanwhile (another checkout may share
 # target/) cannot swap them in the middle of the run.
 mkdir -p "$OUT/bin"
@@ -245,7 +267,7 @@ MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $CORES cores, $(free -g | awk 
 Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2), Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), \
 $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $("$WASMTIME" --version), \
 onnxruntime $("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
-COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' make bench"
+COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' BENCH_PGO=$PGO make bench"
 MACHINE="$MACHINE" COMMAND="$COMMAND" "$PYTHON" - "$OUT/meta.json" <<PY
 import json, os, sys
 json.dump({
