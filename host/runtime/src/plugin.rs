@@ -344,10 +344,7 @@ impl Plugin {
                 usage: Usage::default(),
             });
         }
-        let answer = match collect(body, limit).await {
-            Ok(bytes) => Answer::Ready(parts, bytes),
-            Err(failure) => failure,
-        };
+        let answer = collect(parts, body, limit).await;
         let outcome = match answer {
             Answer::TooLarge => return Err(InvokeError::ResponseTooLarge(limit)),
             _ => task.join().await,
@@ -371,10 +368,7 @@ impl Plugin {
             match receiver.await {
                 Ok(Ok(response)) => {
                     let (parts, body) = response.into_parts();
-                    match collect(body, limit).await {
-                        Ok(bytes) => Answer::Ready(parts, bytes),
-                        Err(failure) => failure,
-                    }
+                    collect(parts, body, limit).await
                 }
                 Ok(Err(code)) => Answer::Failed(Some(format!("{code:?}"))),
                 Err(_) => Answer::Failed(None),
@@ -534,20 +528,24 @@ enum Answer {
 }
 
 /// Reads a response body in full, up to `limit` bytes.
-async fn collect(mut body: HyperOutgoingBody, limit: usize) -> Result<Bytes, Answer> {
+async fn collect(
+    parts: http::response::Parts,
+    mut body: HyperOutgoingBody,
+    limit: usize,
+) -> Answer {
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
         match frame {
             Ok(frame) => {
                 if let Ok(data) = frame.into_data() {
                     if buf.len() + data.len() > limit {
-                        return Err(Answer::TooLarge);
+                        return Answer::TooLarge;
                     }
                     buf.extend_from_slice(&data);
                 }
             }
-            Err(e) => return Err(Answer::Failed(Some(format!("{e:?}")))),
+            Err(e) => return Answer::Failed(Some(format!("{e:?}"))),
         }
     }
-    Ok(buf.freeze())
+    Answer::Ready(parts, buf.freeze())
 }
