@@ -34,19 +34,19 @@ log() { echo "pgo: $*" >&2; }
 command -v wrk >/dev/null || { log "wrk is missing (apt-get install wrk)"; exit 1; }
 [[ -n "${ORT_DYLIB_PATH:-}" ]] || { log "ORT_DYLIB_PATH is not set (make pgo sets it)"; exit 1; }
 
-# `--target` keeps the flags off build scripts and procedural macros.
+# build DIR FLAGS TARGETS...: `--target` keeps the flags off build scripts and procedural macros.
 build() {
     local dir="$1" flags="$2"
     shift 2
     RUSTFLAGS="$flags" cargo build --profile dist --target "$HOST" --target-dir "$PGO/$dir" \
-        --workspace --bin infergate "$@"
+        --workspace "$@"
 }
 
 log "plugins"
 cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
     --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed
 log "instrumented build"
-build gen "-Cprofile-generate=$RAW"
+build gen "-Cprofile-generate=$RAW" --bin infergate
 
 log "training run"
 rm -rf "$RAW"
@@ -85,11 +85,10 @@ trap - EXIT
 "$PROFDATA" merge -o "$MERGED" "$RAW"
 
 log "optimised build"
-build use "-Cprofile-use=$MERGED"
+build use "-Cprofile-use=$MERGED" --bin infergate
 # The examples in a build of their own: built with the server, their dev-dependencies (tokio's
 # `test-util`) would change the server's dependencies, and with them the code the counts are for.
-RUSTFLAGS="-Cprofile-use=$MERGED" cargo build --profile dist --target "$HOST" \
-    --target-dir "$PGO/use" --workspace --example floor --example bench_micro
+build use "-Cprofile-use=$MERGED" --example floor --example bench_micro
 # Replaced, not overwritten: a benchmark may be running a hard link to the previous build.
 install_new() { cp "$1" "$2.new" && mv -f "$2.new" "$2"; }
 mkdir -p "$PGO/examples"

@@ -35,7 +35,9 @@ WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 PYTHON="${PYTHON:-python3}"
 # The peer's interpreter: the distribution's own where there is one. Debian's python3 served the
 # FastAPI peer 8-28% faster than a pyenv build with default flags (bench/RESULTS.md).
-if [[ -x /usr/bin/python3 ]]; then PEER_PYTHON="${BENCH_PEER_PYTHON:-/usr/bin/python3}"; else PEER_PYTHON="${BENCH_PEER_PYTHON:-$PYTHON}"; fi
+DISTRIBUTION_PYTHON="$PYTHON"
+[[ -x /usr/bin/python3 ]] && DISTRIBUTION_PYTHON=/usr/bin/python3
+PEER_PYTHON="${BENCH_PEER_PYTHON:-$DISTRIBUTION_PYTHON}"
 CORES="$(nproc)"
 
 WASMTIME_VERSION=48.0.8

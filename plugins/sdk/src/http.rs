@@ -2,9 +2,10 @@
 //! the route, and writing the [`Response`] back over the output stream.
 //!
 //! Stream rules followed here: the whole body is read with `blocking-read` until
-//! `stream-error::closed` (or until `content-length` bytes are in); the response is handed to `response-outparam.set` *before* its body
-//! is written (the host reads the body as it streams); body bytes go out through
-//! `blocking-write-and-flush` in chunks of at most 4096 bytes, then `outgoing-body.finish`.
+//! `stream-error::closed` (or until `content-length` bytes are in); the response is handed to
+//! `response-outparam.set` *before* its body is written (the host reads the body as it
+//! streams); body bytes go out through `blocking-write-and-flush` in chunks of at most 4096
+//! bytes, then `outgoing-body.finish`.
 
 use std::io;
 
