@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
                 queue_timeout: Duration::from_secs(60),
                 max_batch: None,
                 batching: None,
+                llm: Default::default(),
             };
             let loaded = Models::load(&[spec], &options)?;
             let model = loaded.get(case.model).expect("loaded");

@@ -9,7 +9,9 @@
 //!   shared; a model is a backend [`Graph`] plus its scheduler.
 //! - `schedule`: the per-model bounded queue, concurrency limit, timeout and statistics.
 //! - `batch`: batching of the inferences that wait (or, for quick models, arrive) together.
-//! - `backend`: the backends, each behind wasmtime-wasi-nn's public traits
+//! - [`llm`]: language models (llama.cpp, feature `llamacpp`): generation streamed token by
+//!   token, many sequences decoded together on a thread of the model's own.
+//! - `backend`: the graph backends, each behind wasmtime-wasi-nn's public traits
 //!   (`BackendInner`/`BackendGraph`/`BackendExecutionContext`), one file each:
 //!   `backend/tract.rs` (pure Rust, always built) and `backend/ort.rs` (ONNX Runtime, loaded
 //!   at run time, cargo feature `onnxruntime`). `backend/mod.rs` holds what they share:
@@ -21,6 +23,7 @@
 mod backend;
 mod batch;
 mod cores;
+pub mod llm;
 mod schedule;
 
 use std::collections::BTreeMap;
@@ -40,6 +43,7 @@ use wasmtime_wasi_nn::{ExecutionContext, Graph};
 pub use backend::tract::TractBackend;
 pub use backend::{BackendInfo, list as backends};
 pub use batch::Batching;
+pub use llm::{Llm, LlmOptions};
 pub use schedule::{Caller, ModelStats, RECENT_COMPUTES};
 
 /// Which inference engine runs a model.
@@ -50,6 +54,9 @@ pub enum BackendKind {
     Tract,
     /// ONNX Runtime, loaded from a shared library at start-up (feature `onnxruntime`).
     OnnxRuntime,
+    /// llama.cpp, for GGUF language models (feature `llamacpp`): text generation.
+    #[serde(rename = "llamacpp")]
+    LlamaCpp,
 }
 
 impl fmt::Display for BackendKind {
@@ -57,6 +64,7 @@ impl fmt::Display for BackendKind {
         f.write_str(match self {
             BackendKind::Tract => "tract",
             BackendKind::OnnxRuntime => "onnxruntime",
+            BackendKind::LlamaCpp => "llamacpp",
         })
     }
 }
@@ -83,11 +91,12 @@ impl fmt::Display for Target {
 pub struct ModelSpec {
     /// The name guests load it by.
     pub name: String,
-    /// The ONNX file.
+    /// The ONNX file (a GGUF file for `llamacpp`).
     pub path: PathBuf,
     pub backend: BackendKind,
     pub target: Target,
-    /// At most this many computes run at once (>= 1).
+    /// At most this many computes run at once (>= 1); for a language model, the sequences
+    /// decoded together.
     pub concurrency: usize,
     /// At most this many callers wait for a compute slot; one more is refused with `QueueFull`.
     pub queue_depth: usize,
@@ -100,6 +109,8 @@ pub struct ModelSpec {
     pub max_batch: Option<u32>,
     /// Run inferences that wait at the same time as one backend call (see `batch`).
     pub batching: Option<Batching>,
+    /// A language model's own settings (`llamacpp` only).
+    pub llm: LlmOptions,
 }
 
 /// Settings shared by all backends.
@@ -218,15 +229,23 @@ impl Models {
     }
 }
 
-/// One loaded model: the backend's graph plus its scheduler.
+/// One loaded model: a backend's graph plus its scheduler, or a language model.
 pub struct Model {
     spec: ModelSpec,
-    /// The backend's graph, shared by every context made from it.
-    graph: Graph,
     /// e.g. "tract 0.23 (cpu)", "onnxruntime 1.32.0 (cuda)".
     description: String,
-    scheduler: schedule::Scheduler,
-    batcher: Option<Arc<batch::Batcher>>,
+    kind: Kind,
+}
+
+enum Kind {
+    /// A graph run through wasi-nn: the backend's graph, shared by every context made from it.
+    Graph {
+        graph: Graph,
+        scheduler: schedule::Scheduler,
+        batcher: Option<Arc<batch::Batcher>>,
+    },
+    /// A language model, used through the host's generation interface.
+    Llm(Llm),
 }
 
 impl fmt::Debug for Model {
@@ -252,25 +271,60 @@ impl Model {
             spec.path.display()
         );
         let started = Instant::now();
-        let loaded = catch_panic(|| backend::load(&spec, opts))
-            .map_err(|panic| anyhow::anyhow!("the backend panicked: {panic}"))??;
+        let (kind, description) = if spec.backend == BackendKind::LlamaCpp {
+            let (llm, description) = catch_panic(|| Llm::load(&spec))
+                .map_err(|panic| anyhow::anyhow!("llama.cpp panicked: {panic}"))??;
+            (Kind::Llm(llm), description)
+        } else {
+            let loaded = catch_panic(|| backend::load(&spec, opts))
+                .map_err(|panic| anyhow::anyhow!("the backend panicked: {panic}"))??;
+            let kind = Kind::Graph {
+                graph: loaded.graph,
+                scheduler: schedule::Scheduler::new(
+                    spec.concurrency,
+                    spec.queue_depth,
+                    spec.queue_timeout,
+                ),
+                batcher: spec.batching.map(|b| Arc::new(batch::Batcher::new(b))),
+            };
+            (kind, loaded.description)
+        };
         tracing::info!(
             model = %spec.name,
-            backend = %loaded.description,
+            backend = %description,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "nn.load"
         );
         Ok(Model {
-            scheduler: schedule::Scheduler::new(
-                spec.concurrency,
-                spec.queue_depth,
-                spec.queue_timeout,
-            ),
-            batcher: spec.batching.map(|b| Arc::new(batch::Batcher::new(b))),
             spec,
-            graph: loaded.graph,
-            description: loaded.description,
+            description,
+            kind,
         })
+    }
+
+    /// The language model, if this is one.
+    pub fn llm(&self) -> Option<&Llm> {
+        match &self.kind {
+            Kind::Llm(llm) => Some(llm),
+            Kind::Graph { .. } => None,
+        }
+    }
+
+    /// The graph side of the model, or why it has none.
+    fn graph_parts(
+        &self,
+    ) -> Result<(&Graph, &schedule::Scheduler, Option<&Arc<batch::Batcher>>), NnError> {
+        match &self.kind {
+            Kind::Graph {
+                graph,
+                scheduler,
+                batcher,
+            } => Ok((graph, scheduler, batcher.as_ref())),
+            Kind::Llm(_) => Err(NnError::InvalidInput(format!(
+                "model `{}` is a language model: use the infergate:plugin/llm interface, not wasi:nn",
+                self.spec.name
+            ))),
+        }
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -282,14 +336,10 @@ impl Model {
         self.description.clone()
     }
 
-    /// The backend graph, for wasi-nn glue that wants to hand out `Graph` resources.
-    pub fn graph(&self) -> &Graph {
-        &self.graph
-    }
-
     /// A new execution context: one per guest graph-execution-context.
     pub fn new_context(&self) -> Result<Context, NnError> {
-        let ctx = catch_panic(|| self.graph.init_execution_context())
+        let (graph, _, _) = self.graph_parts()?;
+        let ctx = catch_panic(|| graph.init_execution_context())
             .map_err(NnError::Backend)?
             .map_err(from_backend_error)?;
         Ok(Context {
@@ -307,6 +357,7 @@ impl Model {
         inputs: Vec<NamedTensor>,
         caller: &Caller,
     ) -> Result<Computed, NnError> {
+        let (_, scheduler, batcher) = self.graph_parts()?;
         if let Some(max) = self.spec.max_batch
             && let Some(t) = inputs
                 .iter()
@@ -318,11 +369,11 @@ impl Model {
             )));
         }
         let small = is_small(&inputs);
-        let inputs = match &self.batcher {
+        let inputs = match batcher {
             Some(batcher) => match batcher.push(inputs) {
                 Ok((ticket, reply)) => {
                     return self
-                        .compute_batched(ctx, caller, batcher, ticket, reply, small)
+                        .compute_batched(ctx, caller, scheduler, batcher, ticket, reply, small)
                         .await;
                 }
                 Err(inputs) => inputs,
@@ -330,7 +381,7 @@ impl Model {
             None => inputs,
         };
         let inner = ctx.inner.clone();
-        self.scheduler
+        scheduler
             .run(
                 &self.spec.name,
                 caller,
@@ -365,22 +416,24 @@ impl Model {
     /// requests; for a model of microseconds that call's machinery, run cold, is most of its
     /// cost. At one request at a time the yield finds nothing else to run: one more turn of the
     /// scheduler, no measurable latency at one connection in the benchmark.
+    #[allow(clippy::too_many_arguments)]
     async fn compute_batched(
         &self,
         ctx: &Context,
         caller: &Caller,
+        scheduler: &schedule::Scheduler,
         batcher: &Arc<batch::Batcher>,
         ticket: batch::Ticket<'_>,
         mut reply: tokio::sync::oneshot::Receiver<batch::Reply>,
         small: bool,
     ) -> Result<Computed, NnError> {
         let arrived = Instant::now();
-        let quick = small && self.scheduler.runs_inline();
+        let quick = small && scheduler.runs_inline();
         if quick {
             tokio::task::yield_now().await;
         }
         let (batcher, inner, id) = (batcher.clone(), ctx.inner.clone(), ticket.id);
-        let lead = self.scheduler.run_if(
+        let lead = scheduler.run_if(
             &self.spec.name,
             caller,
             self.spec.timeout,
@@ -428,10 +481,18 @@ impl Model {
         })
     }
 
+    /// The graph scheduler's counters (all zero for a language model: see [`Llm::stats`]).
     pub fn stats(&self) -> ModelStats {
-        let mut stats = self.scheduler.stats();
-        stats.batched = self.batcher.as_ref().map_or(0, |b| b.batched());
-        stats
+        match &self.kind {
+            Kind::Graph {
+                scheduler, batcher, ..
+            } => {
+                let mut stats = scheduler.stats();
+                stats.batched = batcher.as_ref().map_or(0, |b| b.batched());
+                stats
+            }
+            Kind::Llm(_) => ModelStats::default(),
+        }
     }
 }
 

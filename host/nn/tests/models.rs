@@ -42,6 +42,7 @@ fn spec(name: &str, path: PathBuf, backend: BackendKind, concurrency: usize) -> 
         queue_timeout: Duration::from_secs(60),
         max_batch: None,
         batching: None,
+        llm: Default::default(),
     }
 }
 

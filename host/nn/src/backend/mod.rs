@@ -37,6 +37,11 @@ pub fn list() -> Vec<BackendInfo> {
         kind: BackendKind::OnnxRuntime,
         engine: ort::ENGINE,
     });
+    #[cfg(feature = "llamacpp")]
+    backends.push(BackendInfo {
+        kind: BackendKind::LlamaCpp,
+        engine: "llama.cpp (llama-cpp-2 0.1.160, built from its bundled source)",
+    });
     backends
 }
 
@@ -56,6 +61,7 @@ pub(crate) fn load(spec: &ModelSpec, opts: &BackendOptions) -> anyhow::Result<Lo
             let _ = opts;
             anyhow::bail!("this build has no ONNX Runtime backend (cargo feature `onnxruntime`)")
         }
+        BackendKind::LlamaCpp => anyhow::bail!("llama.cpp loads language models, not graphs"),
     }
 }
 
