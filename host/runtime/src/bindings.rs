@@ -10,6 +10,8 @@ wasmtime::component::bindgen!({
     world: "infergate:plugin/plugin",
     imports: {
         "wasi:nn/inference.[method]graph-execution-context.compute": async | trappable,
+        "infergate:plugin/llm.start": async | trappable,
+        "infergate:plugin/llm.[method]generation.read": async | trappable,
         default: trappable,
     },
     exports: { default: async },
@@ -24,9 +26,11 @@ wasmtime::component::bindgen!({
         "wasi:nn/tensor.tensor": wasmtime_wasi_nn::Tensor,
         "wasi:nn/inference.graph-execution-context": crate::nn_host::ContextHandle,
         "wasi:nn/errors.error": crate::nn_host::NnErrorHandle,
+        "infergate:plugin/llm.generation": crate::llm_host::GenerationHandle,
     },
 });
 
 pub use exports::infergate::plugin::manifest as wit_manifest;
 pub use infergate::plugin::host as wit_host;
+pub use infergate::plugin::llm as wit_llm;
 pub use wasi::nn as wit_nn;

@@ -92,6 +92,8 @@ impl Runtime {
         crate::nn_host::add_to_linker(&mut linker).map_err(|e| wasm_err("wasi:nn", e))?;
         crate::host_api::add_to_linker(&mut linker)
             .map_err(|e| wasm_err("infergate:plugin/host", e))?;
+        crate::llm_host::add_to_linker(&mut linker)
+            .map_err(|e| wasm_err("infergate:plugin/llm", e))?;
 
         if let Some(dir) = &options.cache_dir {
             std::fs::create_dir_all(dir)

@@ -14,12 +14,15 @@
 //! - [`bindings`]: host bindings generated from `wit/`.
 //! - [`nn_host`]: the async `wasi:nn` host with model grants, over `infergate-nn`.
 //! - [`host_api`]: the `infergate:plugin/host` interface.
+//! - [`llm_host`]: the `infergate:plugin/llm` interface: text generation on granted language
+//!   models, with the tenant's token budget charged before decoding.
 //! - [`plugin`]: loading a plugin and calling it for one request.
 
 pub mod bindings;
 pub mod engine;
 pub mod host_api;
 pub mod limits;
+pub mod llm_host;
 pub mod manifest;
 pub mod nn_host;
 pub mod plugin;
@@ -30,4 +33,4 @@ pub use limits::Limits;
 pub use manifest::{Manifest, Route};
 pub use nn_host::ModelTable;
 pub use plugin::{InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec};
-pub use state::{RequestContext, Usage, UsageSink};
+pub use state::{BudgetRefused, RequestContext, TokenBudget, Usage, UsageSink};

@@ -146,6 +146,11 @@ pub fn configure_store(store: &mut Store<PluginState>, limits: &Limits) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |mut ctx| {
         let state = ctx.data_mut();
+        // The deadline passed while the guest waited in the host (inference, a token): that
+        // tick is not the guest's CPU time.
+        if std::mem::take(&mut state.waited_in_host) {
+            return Ok(UpdateDeadline::Yield(1));
+        }
         state.cpu_ticks += 1;
         if state.cpu_ticks > budget {
             return Err(wasmtime::Error::new(HostAbort::CpuTimeExceeded));

@@ -91,6 +91,19 @@ impl NnState {
             None
         }
     }
+
+    /// A granted language model.
+    pub(crate) fn open_llm(&self, name: &str) -> Option<Arc<Model>> {
+        self.open(name).filter(|m| m.llm().is_some())
+    }
+
+    /// Every granted language model, in name order.
+    pub(crate) fn granted_llms(&self) -> Vec<Arc<Model>> {
+        self.grants
+            .iter()
+            .filter_map(|n| self.open_llm(n))
+            .collect()
+    }
 }
 
 /// A graph opened by `load-by-name`.
@@ -237,11 +250,12 @@ impl inference::HostGraphExecutionContext for PluginState {
             named.push(NamedTensor { name, tensor });
         }
         let span = tracing::debug_span!("nn.compute", model = %model.spec().name);
-        match model
+        let computed = model
             .compute(&context, named, &self.caller)
             .instrument(span)
-            .await
-        {
+            .await;
+        self.waited_in_host = true;
+        match computed {
             Ok(computed) => {
                 self.usage.compute_seconds += computed.compute.as_secs_f64();
                 let mut outputs = Vec::with_capacity(computed.outputs.len());

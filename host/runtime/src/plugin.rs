@@ -31,7 +31,7 @@ use crate::engine::{CacheOutcome, Runtime};
 use crate::limits::{Limits, configure_store};
 use crate::manifest::Manifest;
 use crate::nn_host::{ModelTable, NnState};
-use crate::state::{HostAbort, PluginState, RequestContext, Usage, UsageSink};
+use crate::state::{HostAbort, PluginState, RequestContext, TokenBudget, Usage, UsageSink};
 
 /// What the operator declared about one plugin.
 #[derive(Clone, Debug)]
@@ -69,6 +69,8 @@ pub struct PluginRequest {
     pub streaming: bool,
     /// Receives the request's usage once the plugin instance is gone.
     pub usage_sink: Option<UsageSink>,
+    /// Charges token budgets before a generation starts; `None` when none applies.
+    pub budget: Option<Arc<dyn TokenBudget>>,
 }
 
 /// A plugin response: read in full, or (a successful response of a streaming route) a body
@@ -150,6 +152,11 @@ pub enum InvokeError {
     },
     #[error("model `{model}` did not answer within {after:?}")]
     InferenceTimeout { model: String, after: Duration },
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: Duration,
+    },
     #[error("the plugin's response is larger than its limit of {0} bytes")]
     ResponseTooLarge(usize),
     #[error("the plugin did not produce a response")]
@@ -284,6 +291,7 @@ impl Plugin {
             Arc::new(request.context),
         );
         state.usage_sink = request.usage_sink;
+        state.budget = request.budget;
         let mut store = Store::new(self.pre.engine(), state);
         configure_store(&mut store, &self.limits);
 
@@ -457,6 +465,13 @@ impl Plugin {
                     model: model.clone(),
                     after: *after,
                 },
+                HostAbort::QuotaExceeded {
+                    message,
+                    retry_after,
+                } => InvokeError::QuotaExceeded {
+                    message: message.clone(),
+                    retry_after: *retry_after,
+                },
             };
         }
         if memory_exceeded {
@@ -511,7 +526,7 @@ async fn run_guest(
     let state = store.into_data();
     Outcome {
         result,
-        usage: state.usage,
+        usage: state.total_usage(),
         memory_exceeded: state.limiter.memory_exceeded,
     }
 }

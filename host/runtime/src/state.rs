@@ -30,6 +30,23 @@ pub struct RequestContext {
 /// timeout or a client that went away), so quotas are charged for whatever really ran.
 pub type UsageSink = Box<dyn FnOnce(Usage) + Send>;
 
+/// Charges a request's token budgets before a generation starts, so a refusal costs no compute.
+/// The server implements it over its quotas; the runtime knows nothing of them. What was
+/// reserved is in [`Usage::tokens_reserved`] when the usage is settled.
+pub trait TokenBudget: Send + Sync {
+    fn reserve(
+        &self,
+        tokens: u64,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<(), BudgetRefused>> + Send + '_>>;
+}
+
+/// A reservation the budget cannot cover.
+#[derive(Clone, Debug)]
+pub struct BudgetRefused {
+    pub message: String,
+    pub retry_after: std::time::Duration,
+}
+
 /// Usage a plugin reported during one request, plus what the host measured.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Usage {
@@ -37,6 +54,9 @@ pub struct Usage {
     pub tokens_out: u64,
     /// Inference time the host measured around `compute`, in seconds.
     pub compute_seconds: f64,
+    /// Tokens already charged to the budgets before generating ([`TokenBudget`]): settling
+    /// charges `tokens_in + tokens_out - tokens_reserved` (a negative amount gives back).
+    pub tokens_reserved: u64,
 }
 
 /// Why the host stopped a plugin call on purpose. Raised as a trap from host code or from the
@@ -61,6 +81,11 @@ pub enum HostAbort {
         model: String,
         after: std::time::Duration,
     },
+    #[error("{message}")]
+    QuotaExceeded {
+        message: String,
+        retry_after: std::time::Duration,
+    },
 }
 
 /// Per-store state. Every field exists for one interface or limit.
@@ -75,6 +100,9 @@ pub struct PluginState {
     pub limiter: Limiter,
     /// Epoch ticks of guest execution so far, checked against the CPU budget.
     pub cpu_ticks: u64,
+    /// The guest just waited in an async host call (inference, generation): the next expired
+    /// epoch deadline is not counted as its CPU time.
+    pub waited_in_host: bool,
     /// Models granted to this plugin, and its open graphs.
     pub nn: NnState,
     /// The request being served, for `infergate:plugin/host.context`.
@@ -89,6 +117,10 @@ pub struct PluginState {
     pub caller: infergate_nn::Caller,
     /// Deny-all hooks for outgoing HTTP.
     pub http_hooks: DenyOutbound,
+    /// Generations this call started (`infergate:plugin/llm`).
+    pub llm: crate::llm_host::LlmState,
+    /// Charges token budgets before a generation; `None` when no token budget applies.
+    pub budget: Option<std::sync::Arc<dyn TokenBudget>>,
 }
 
 impl PluginState {
@@ -109,6 +141,7 @@ impl PluginState {
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
             cpu_ticks: 0,
+            waited_in_host: false,
             nn,
             caller: infergate_nn::Caller {
                 tenant: Arc::from(request.tenant.as_str()),
@@ -119,6 +152,8 @@ impl PluginState {
             usage: Usage::default(),
             usage_sink: None,
             http_hooks: DenyOutbound,
+            llm: Default::default(),
+            budget: None,
         }
     }
 }
@@ -164,10 +199,25 @@ impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
     }
 }
 
+impl PluginState {
+    /// What the plugin reported plus the tokens of its generations, counted by the host.
+    pub fn total_usage(&self) -> Usage {
+        let mut usage = self.usage;
+        for generation in &self.llm.started {
+            let tokens = generation.usage();
+            usage.tokens_in += u64::from(tokens.prompt);
+            usage.tokens_out += u64::from(tokens.completion);
+        }
+        usage
+    }
+}
+
 impl Drop for PluginState {
     fn drop(&mut self) {
+        // Resources first: open generations are cancelled before their tokens are counted.
+        drop(std::mem::replace(&mut self.table, ResourceTable::new()));
         if let Some(sink) = self.usage_sink.take() {
-            sink(self.usage);
+            sink(self.total_usage());
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`error`]: [`Error`], rendered as the product's one error shape.
 //! - [`http`]: reading the request body and writing the response over `wasi:http` streams.
 //! - [`nn`]: typed helpers over `wasi:nn` (load a model by name, run it, read outputs).
+//! - [`llm`]: text generation on host-owned language models, streamed token by token.
 //! - [`plugin!`]: the macro that ties a plugin's routes to the component's exports.
 //!
 //! ```ignore
@@ -59,6 +60,7 @@ pub mod bindings {
 pub mod ctx;
 pub mod error;
 pub mod http;
+pub mod llm;
 pub mod nn;
 pub mod route;
 
@@ -74,11 +76,11 @@ pub use serde_json;
 
 /// Everything a plugin usually needs: `use infergate_sdk::prelude::*;`.
 pub mod prelude {
-    pub use crate::nn;
     pub use crate::{
         delete, get, patch, plugin, post, put, raw, BodyWriter, Ctx, Error, LogLevel, Request,
         Response, Result, Route,
     };
+    pub use crate::{llm, nn};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }

@@ -66,6 +66,20 @@ impl Route {
         self
     }
 
+    /// Declares the JSON Schema of the request body of a [`raw`] route (from `T` as it
+    /// deserialises): the host validates bodies against it and documents it, while the handler
+    /// still reads the raw request and writes its own response (a stream, for example).
+    pub fn request_type<T: JsonSchema>(mut self) -> Self {
+        self.request_schema = Some(request_schema::<T>);
+        self
+    }
+
+    /// Declares the JSON Schema of a [`raw`] route's successful response, for the API docs.
+    pub fn response_type<T: JsonSchema>(mut self) -> Self {
+        self.response_schema = Some(response_schema::<T>);
+        self
+    }
+
     /// The upper-case HTTP method.
     pub fn method(&self) -> &str {
         &self.method
