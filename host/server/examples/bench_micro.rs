@@ -56,6 +56,7 @@ fn print(name: &str, (median, p99): (Duration, Duration), what: &str) {
 
 fn request() -> PluginRequest {
     PluginRequest {
+        budget: None,
         method: Method::GET,
         path_and_query: "/ping".into(),
         headers: HeaderMap::new(),

@@ -1,7 +1,7 @@
 //! First-party plugins compiled into the binary (built by `build.rs` from `plugins/`).
 
 /// Names accepted by `builtin = "..."` in a plugin's config.
-pub const NAMES: [&str; 3] = ["digits", "embed", "hello"];
+pub const NAMES: [&str; 4] = ["digits", "embed", "hello", "openai"];
 
 /// The component bytes of a first-party plugin.
 pub fn wasm(name: &str) -> Option<&'static [u8]> {
@@ -9,6 +9,7 @@ pub fn wasm(name: &str) -> Option<&'static [u8]> {
         "digits" => include_bytes!(concat!(env!("INFERGATE_WASM_DIR"), "/digits.wasm")),
         "embed" => include_bytes!(concat!(env!("INFERGATE_WASM_DIR"), "/embed.wasm")),
         "hello" => include_bytes!(concat!(env!("INFERGATE_WASM_DIR"), "/hello.wasm")),
+        "openai" => include_bytes!(concat!(env!("INFERGATE_WASM_DIR"), "/openai.wasm")),
         _ => return None,
     })
 }

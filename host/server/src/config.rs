@@ -266,6 +266,11 @@ pub struct ModelConfig {
     /// Inferences waiting at the same time run as one backend call, e.g.
     /// `batching = { max_rows = 16, pad = true }` (see infergate-nn's `batch` module).
     pub batching: Option<BatchingConfig>,
+    /// `llamacpp` only: tokens one generation may hold, prompt and completion (default 2048).
+    /// Each of the `concurrency` sequences decoded together has a context this long.
+    pub context: Option<u32>,
+    /// `llamacpp` only: threads llama.cpp computes with (default: every CPU the process may use).
+    pub threads: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize)]
@@ -420,6 +425,25 @@ impl Config {
             anyhow::ensure!(names.insert(&m.name), "{at}: name is declared twice");
             anyhow::ensure!(m.concurrency > 0, "{at}: concurrency must be at least 1");
             anyhow::ensure!(m.timeout_ms > 0, "{at}: timeout_ms must be greater than 0");
+            if m.backend == BackendKind::LlamaCpp {
+                anyhow::ensure!(
+                    m.batching.is_none() && m.max_batch.is_none(),
+                    "{at}: batching and max_batch are for graph models; a language model batches its sequences itself (concurrency)"
+                );
+                anyhow::ensure!(
+                    m.context.is_none_or(|c| (16..=1 << 20).contains(&c)),
+                    "{at}: context must be between 16 and 1048576 tokens"
+                );
+                anyhow::ensure!(
+                    m.concurrency <= 64,
+                    "{at}: concurrency (sequences decoded together) must be at most 64"
+                );
+            } else {
+                anyhow::ensure!(
+                    m.context.is_none() && m.threads.is_none(),
+                    "{at}: context and threads are for backend = \"llamacpp\""
+                );
+            }
             anyhow::ensure!(
                 m.path.is_file(),
                 "{at}: path: no model file at {}",
@@ -490,6 +514,12 @@ impl ModelConfig {
                 max_rows: b.max_rows,
                 pad: b.pad,
             }),
+            llm: infergate_nn::LlmOptions {
+                context: self
+                    .context
+                    .unwrap_or(infergate_nn::LlmOptions::default().context),
+                threads: self.threads,
+            },
         }
     }
 }

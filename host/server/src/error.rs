@@ -123,6 +123,10 @@ impl From<InvokeError> for ApiError {
             InvokeError::InferenceTimeout { .. } => {
                 Self::new(StatusCode::GATEWAY_TIMEOUT, "inference_timeout", message)
             }
+            InvokeError::QuotaExceeded { retry_after, .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+                    .retry_after(retry_after)
+            }
             InvokeError::ResponseTooLarge(_) => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "plugin_response_too_large",

@@ -368,6 +368,7 @@ async fn serve(
         priority,
     };
     let budgets = admission.has_budgets();
+    let budget = admission.token_budget();
     let (usage_sink, settled) = admission.into_sink();
     let response = mounted
         .plugin
@@ -379,6 +380,7 @@ async fn serve(
             context,
             streaming: route.streaming,
             usage_sink: Some(usage_sink),
+            budget,
         })
         .await?;
     if budgets && matches!(response.body, PluginBody::Full(_)) {
@@ -398,7 +400,17 @@ async fn serve(
             }
         }
     }
+    let event_stream = response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = match response.body {
+        PluginBody::Stream(stream) if event_stream => Body::new(SseEnd {
+            inner: stream,
+            request_id: current_request_id(),
+            ended: false,
+        }),
         PluginBody::Stream(stream) => Body::new(stream),
         PluginBody::Full(bytes)
             if response.status.is_client_error() || response.status.is_server_error() =>
@@ -420,6 +432,47 @@ async fn serve(
             format!("invalid plugin response: {e}"),
         )
     })
+}
+
+/// A server-sent-event stream whose plugin failed mid-way (wall-clock limit, response size,
+/// trap): the client gets a last `event: error` with the usual error object, then a clean
+/// end, rather than a connection cut that looks like a network fault, or a clean-looking end.
+struct SseEnd<B> {
+    inner: B,
+    request_id: String,
+    ended: bool,
+}
+
+impl<B> http_body::Body for SseEnd<B>
+where
+    B: http_body::Body<Data = Bytes, Error = infergate_runtime::InvokeError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.ended = true;
+                let e = ApiError::from(e);
+                tracing::warn!(code = e.code, "stream ended by an error: {}", e.message);
+                let event = json!({"error": {"code": e.code, "message": e.message, "request_id": self.request_id}});
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(format!(
+                    "event: error\ndata: {event}\n\n"
+                ))))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
 }
 
 /// Reads a request body of at most `limit` bytes within `deadline`.

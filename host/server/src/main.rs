@@ -104,7 +104,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("INFERGATE_LOG")
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn".into()),
+                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,llama-cpp-2=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

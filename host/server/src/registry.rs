@@ -96,6 +96,9 @@ pub struct ModelInfo {
     pub timeout_ms: u64,
     pub queue_timeout_ms: u64,
     pub stats: serde_json::Value,
+    /// A language model's generation counters.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<infergate_nn::llm::LlmStats>,
 }
 
 #[derive(Default)]
@@ -460,6 +463,7 @@ impl Registry {
                         "compute_p50_seconds": stats.compute_p50_seconds,
                         "compute_p99_seconds": stats.compute_p99_seconds,
                     }),
+                    generation: m.llm().map(|llm| llm.stats()),
                 }
             })
             .collect()

@@ -1,6 +1,8 @@
 //! Metrics: requests to plugin routes (count and latency to the response head, by plugin, route
 //! and status; refusals by limits show as 429s), the models' queues and compute time (a total
-//! and recent percentiles), and limit store errors, rendered as Prometheus text at `/metrics`.
+//! and recent percentiles), language models' generations (time to first token and between
+//! tokens, OpenTelemetry `gen_ai` names; tokens by tenant, plugin and model), and limit store
+//! errors, rendered as Prometheus text at `/metrics`.
 //! Recorded once per request by [`crate::http`]; nothing else writes here.
 
 use std::collections::BTreeMap;
@@ -10,6 +12,7 @@ use std::time::Duration;
 
 use http::StatusCode;
 use infergate_nn::RECENT_COMPUTES;
+use infergate_nn::llm::LlmStats;
 
 use crate::registry::{ModelInfo, Mounted};
 
@@ -147,6 +150,7 @@ impl Metrics {
                 stat("completed") + stat("failed")
             );
         }
+        render_generation(&mut out, models);
         let _ = writeln!(
             out,
             "# HELP infergate_limit_store_errors_total Limit checks the store (Redis) could not answer; on_store_error decided them.\n\
@@ -154,6 +158,121 @@ impl Metrics {
              infergate_limit_store_errors_total {limit_store_errors}"
         );
         out
+    }
+}
+
+/// Language models: `gen_ai_server_*` histograms as the OpenTelemetry semantic conventions
+/// name them, and infergate's own counters.
+fn render_generation(out: &mut String, models: &[ModelInfo]) {
+    let llms: Vec<(String, &LlmStats)> = models
+        .iter()
+        .filter_map(|m| Some((escape(&m.name), m.generation.as_ref()?)))
+        .collect();
+    if llms.is_empty() {
+        return;
+    }
+    let histograms: [(&str, &str, fn(&LlmStats) -> &infergate_nn::llm::Histogram); 2] = [
+        (
+            "gen_ai_server_time_to_first_token_seconds",
+            "From the request to the first generated token, queue wait and prompt included.",
+            |s| &s.time_to_first_token,
+        ),
+        (
+            "gen_ai_server_time_per_output_token_seconds",
+            "Between two generated tokens of one generation.",
+            |s| &s.time_per_output_token,
+        ),
+    ];
+    for (name, help, get) in histograms {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (model, stats) in &llms {
+            let h = get(stats);
+            let labels = format!("gen_ai_request_model=\"{model}\"");
+            for (count, le) in h.cumulative.iter().zip(h.bounds) {
+                let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{le}\"}} {count}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels},le=\"+Inf\"}} {count}\n{name}_sum{{{labels}}} {sum}\n{name}_count{{{labels}}} {count}",
+                count = h.count,
+                sum = h.sum
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP infergate_llm_tokens_total Tokens prefilled (input) and generated (output), by model, tenant and plugin.\n\
+         # TYPE infergate_llm_tokens_total counter"
+    );
+    for (model, stats) in &llms {
+        for share in &stats.tokens_by {
+            for (kind, n) in [
+                ("input", share.tokens.prompt),
+                ("output", share.tokens.completion),
+            ] {
+                let _ = writeln!(
+                    out,
+                    "infergate_llm_tokens_total{{gen_ai_request_model=\"{model}\",tenant=\"{}\",plugin=\"{}\",gen_ai_token_type=\"{kind}\"}} {n}",
+                    escape(&share.tenant),
+                    escape(&share.plugin)
+                );
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP infergate_llm_generations_total Generations by how they ended.\n\
+         # TYPE infergate_llm_generations_total counter"
+    );
+    for (model, s) in &llms {
+        for (outcome, n) in [
+            ("stop", s.finished_stop),
+            ("length", s.finished_length),
+            ("error", s.failed),
+            ("cancelled", s.cancelled),
+            ("rejected", s.rejected),
+        ] {
+            let _ = writeln!(
+                out,
+                "infergate_llm_generations_total{{gen_ai_request_model=\"{model}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+    }
+    let gauges: [(&str, &str, &str, fn(&LlmStats) -> f64); 4] = [
+        (
+            "infergate_llm_sequences_active",
+            "gauge",
+            "Sequences generating or prefilling now.",
+            |s| s.active as f64,
+        ),
+        (
+            "infergate_llm_waiting",
+            "gauge",
+            "Generations waiting for a free sequence.",
+            |s| s.waiting as f64,
+        ),
+        (
+            "infergate_llm_decoded_after_cancel_total",
+            "counter",
+            "Tokens decoded for a generation after its reader had gone (at most the one in flight per cancel).",
+            |s| s.decoded_after_cancel as f64,
+        ),
+        (
+            "infergate_llm_busy_seconds_total",
+            "counter",
+            "Seconds the model spent decoding.",
+            |s| s.busy_seconds,
+        ),
+    ];
+    for (name, kind, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (model, stats) in &llms {
+            let _ = writeln!(
+                out,
+                "{name}{{gen_ai_request_model=\"{model}\"}} {}",
+                get(stats)
+            );
+        }
     }
 }
 

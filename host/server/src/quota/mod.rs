@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
-use infergate_runtime::{Usage, UsageSink};
+use infergate_runtime::{BudgetRefused, TokenBudget, Usage, UsageSink};
 use serde::Serialize;
 
 use crate::config::{FailPolicy, LimitsConfig, StoreKind};
@@ -637,18 +637,42 @@ impl Admission {
         !self.debits.is_empty()
     }
 
+    /// A budget the runtime charges before each generation, when a token budget applies: it
+    /// takes prompt plus `max_tokens` from every token budget of the request at once (all or
+    /// nothing), so an answer that could overdraw a budget is refused before decoding.
+    /// [`Admission::settle`] then charges the difference to what was really used.
+    pub fn token_budget(&self) -> Option<Arc<dyn TokenBudget>> {
+        let limits: Vec<Debit> = self
+            .debits
+            .iter()
+            .filter(|(metered, _)| *metered == Metered::Tokens)
+            .map(|(_, d)| d.clone())
+            .collect();
+        if limits.is_empty() {
+            return None;
+        }
+        Some(Arc::new(TokenReservations {
+            store: self.store.clone(),
+            limits,
+            member: self.member.clone(),
+        }))
+    }
+
     /// Charges `usage` to the request's budgets and usage accounts, then says so on `done`.
-    /// In memory that happens at once; with Redis, on a task of its own.
+    /// In memory that happens at once; with Redis, on a task of its own. Tokens reserved before
+    /// generating were charged then: only the difference is (a negative one gives back).
     fn settle(mut self, usage: Usage, done: tokio::sync::oneshot::Sender<()>) {
         let debits: Vec<Debit> = std::mem::take(&mut self.debits)
             .into_iter()
             .filter_map(|(metered, mut d)| {
                 d.cost = match metered {
-                    Metered::Tokens => (usage.tokens_in + usage.tokens_out) as f64,
+                    Metered::Tokens => {
+                        (usage.tokens_in + usage.tokens_out) as f64 - usage.tokens_reserved as f64
+                    }
                     Metered::ComputeSeconds => usage.compute_seconds,
                     Metered::Requests => return None,
                 };
-                (d.cost > 0.0).then_some(d)
+                (d.cost != 0.0).then_some(d)
             })
             .collect();
         let accounts = std::mem::take(&mut self.accounts);
@@ -711,6 +735,60 @@ impl Drop for Admission {
                 }
             }
         }
+    }
+}
+
+/// The token budgets of one request, charged before a generation (see
+/// [`Admission::token_budget`]).
+struct TokenReservations {
+    store: Arc<Store>,
+    limits: Vec<Debit>,
+    member: String,
+}
+
+impl TokenBudget for TokenReservations {
+    fn reserve(
+        &self,
+        tokens: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BudgetRefused>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let checks: Vec<Check> = self
+                .limits
+                .iter()
+                .map(|d| Check {
+                    key: d.key.clone(),
+                    kind: CheckKind::Charge {
+                        amount: d.amount,
+                        period: d.period,
+                        cost: tokens as f64,
+                    },
+                })
+                .collect();
+            let decisions = match self.store.check(&checks, &self.member).await {
+                Ok(decisions) => decisions,
+                Err(e) => {
+                    // The request was let in by the same store's policy; keep to what it said.
+                    tracing::warn!("token budget not checked before generating: {e}");
+                    return Ok(());
+                }
+            };
+            match decisions
+                .iter()
+                .zip(&self.limits)
+                .filter(|(d, _)| !d.allowed)
+                .max_by(|a, b| a.0.retry_after.total_cmp(&b.0.retry_after))
+            {
+                None => Ok(()),
+                Some((decision, limit)) => Err(BudgetRefused {
+                    message: format!(
+                        "token quota {}/{}s: this generation needs up to {tokens} tokens (prompt plus max_tokens), {} are left",
+                        limit.amount, limit.period, decision.remaining
+                    ),
+                    retry_after: Duration::from_secs_f64(decision.retry_after.max(0.0)),
+                }),
+            }
+        })
     }
 }
 

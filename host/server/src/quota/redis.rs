@@ -99,7 +99,8 @@ for i = 1, n do
   local amount, period, cost = tonumber(ARGV[j]), tonumber(ARGV[j + 1]), tonumber(ARGV[j + 2])
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
   local new_tat = math.max(tat, now) + cost * (period / amount)
-  redis.call('SET', KEYS[i], string.format('%.17g', new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+  -- A refund (negative cost) can leave the TAT in the past: the key then lives a second.
+  redis.call('SET', KEYS[i], string.format('%.17g', new_tat), 'PX', math.max(math.ceil((new_tat - now) * 1000), 0) + 1000)
 end
 local u = 2 + n * 3
 for i = n + 1, #KEYS do
