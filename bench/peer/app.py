@@ -9,7 +9,7 @@ What it mirrors, so both systems do the same work per request:
 - models: the same ONNX files (models/digits/digits.onnx, models/minilm/model.onnx) on ONNX
   Runtime, one session per worker process with intra_op_num_threads=1 (infergate: 2 sessions,
   one per compute slot, 1 thread each), loaded once at start-up (lifespan);
-- pre/post-processing: BERT WordPiece tokenisation from plugins/embed/vocab.txt (lowercase,
+- pre/post-processing: BERT WordPiece tokenisation from plugins/embedding/vocab.txt (lowercase,
   accents stripped, BertPreTokenizer, [CLS] ... [SEP], truncated to 256), mean pooling over the
   attention mask and L2 normalisation; digits: argmax of the scores;
 - responses: the same JSON shapes ({"digit", "scores"}; OpenAI-style embeddings list).
@@ -104,7 +104,7 @@ async def lifespan(_app: FastAPI):
     global tokenizer
     sessions["digits"] = session(ROOT / "models/digits/digits.onnx")
     sessions[DEFAULT_MODEL] = session(ROOT / "models/minilm/model.onnx")
-    tokenizer = bert_tokenizer(ROOT / "plugins/embed/vocab.txt")
+    tokenizer = bert_tokenizer(ROOT / "plugins/embedding/vocab.txt")
     yield
 
 

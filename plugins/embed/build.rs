@@ -1,31 +1,7 @@
-//! Turns `vocab.txt` into a `static` table of (token, id) sorted by token and a `static` hash
-//! index over it, so the plugin looks tokens up with no parsing or index building at run time
-//! (every request gets a fresh instance).
-
-use std::fmt::Write;
-use std::path::PathBuf;
+//! Sizes the component's initial linear memory (the tokenizer's vocabulary table is built by
+//! the `embedding` crate's own build script).
 
 fn main() {
-    println!("cargo:rerun-if-changed=vocab.txt");
-    let vocab = std::fs::read_to_string("vocab.txt").expect("plugins/embed/vocab.txt is readable");
-    let mut out = String::from("/// (token, id) from `vocab.txt`, sorted by token.\n");
-    out.push_str("static VOCAB: &[(&str, u32)] = &[\n");
-    let table = wordpiece::sorted_table(&vocab);
-    for (token, id) in &table {
-        // `{:?}` of a str is a valid Rust string literal.
-        writeln!(out, "    ({token:?}, {id}),").expect("writing to a String");
-    }
-    out.push_str("];\n");
-    out.push_str("/// `wordpiece::hash_index(VOCAB)`.\n");
-    out.push_str("static VOCAB_INDEX: &[u32] = &[\n");
-    for slots in wordpiece::hash_index(&table).chunks(16) {
-        let line: Vec<String> = slots.iter().map(u32::to_string).collect();
-        writeln!(out, "    {},", line.join(", ")).expect("writing to a String");
-    }
-    out.push_str("];\n");
-    let dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    std::fs::write(dir.join("vocab.rs"), out).expect("OUT_DIR is writable");
-
     // Start with 4 MiB of linear memory instead of just the stack and the data: a request's
     // heap (the 29 KB output tensor and its f32 copy for one 19-token text) then fits without
     // `memory.grow`, which costs the host two `mprotect` calls per request (grow, then shrink

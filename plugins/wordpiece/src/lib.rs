@@ -452,14 +452,14 @@ mod tests {
 
     /// With the real vocabulary, when it is there.
     fn real() -> Option<Tokenizer<'static>> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../embed/vocab.txt");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../embedding/vocab.txt");
         let text = std::fs::read_to_string(path).ok()?.leak();
-        Some(Tokenizer::from_vocab(text).expect("plugins/embed/vocab.txt is valid"))
+        Some(Tokenizer::from_vocab(text).expect("plugins/embedding/vocab.txt is valid"))
     }
 
     #[test]
     fn real_vocab_hash_index_agrees_with_the_table() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../embed/vocab.txt");
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../embedding/vocab.txt");
         let Ok(text) = std::fs::read_to_string(path) else {
             return;
         };
