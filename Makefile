@@ -2,7 +2,8 @@
 #   make serve   build and run the host on its embedded default (first-party plugins, bundled models),
 #                as shipped: the `dist` profile (release plus link-time optimisation)
 #   make test    run every test
-# Both install what they need first (wasm target, Python model tooling, the embedding model).
+# Both install what they need first (wasm target, cmake and libclang for llama.cpp, Python model
+# tooling, the embedding and chat models).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
 #      make pgo     the build for deployment and for the benchmark: `dist` plus profile-guided
 #                   optimisation (bench/pgo.sh; needs wrk), at target/pgo/infergate
@@ -24,9 +25,15 @@ test: setup
 	cargo test --release --manifest-path plugins/Cargo.toml --workspace \
 		--target $(HOST_TARGET) --target-dir target/wasm
 
+# llama.cpp (the language-model backend) is built from source by the llama-cpp-sys-2 crate: it
+# needs cmake and libclang. Installed from the distribution when missing.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 setup: models
+	@command -v cmake >/dev/null 2>&1 && ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends cmake libclang-dev; }
 	rustup target add wasm32-wasip2
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt -r tests/requirements.txt
 
 models:
 	models/fetch.sh
