@@ -114,7 +114,10 @@ async fn max_tokens_and_stop_strings_end_a_generation() {
     stopping.stop = vec!["4".into()];
     let (text, reason, _) = finish(&start(&model, &prompt, stopping, "t")).await;
     assert_eq!(reason, FinishReason::Stop);
-    assert!(!text.contains('4') && full.starts_with(&text), "{text:?} / {full:?}");
+    assert!(
+        !text.contains('4') && full.starts_with(&text),
+        "{text:?} / {full:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +174,12 @@ async fn dropping_a_generation_stops_decoding_it() {
 async fn sequences_are_decoded_together() {
     let model = model(4, 8);
     let llm = model.llm().unwrap();
-    let prompts = ["Name a fruit.", "Name a color.", "Name an animal.", "Name a city."];
+    let prompts = [
+        "Name a fruit.",
+        "Name a color.",
+        "Name an animal.",
+        "Name a city.",
+    ];
     let generations: Vec<Generation> = prompts
         .iter()
         .map(|p| {

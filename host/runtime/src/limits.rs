@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use serde::Deserialize;
-use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::engine::EPOCH_TICK;
 use crate::state::{HostAbort, PluginState};
@@ -144,13 +144,17 @@ pub fn configure_store(store: &mut Store<PluginState>, limits: &Limits) {
     store.limiter(|state| &mut state.limiter);
     let budget = limits.cpu_ticks();
     store.set_epoch_deadline(1);
+    // Time in the host (an inference, a token, `wasi:io/poll`, a sleep) is not the guest's CPU
+    // time: each return to the guest starts a fresh tick, so a deadline that passed while the
+    // guest waited is not charged to it.
+    store.call_hook(|mut ctx, hook| {
+        if matches!(hook, CallHook::ReturningFromHost) {
+            ctx.set_epoch_deadline(1);
+        }
+        Ok(())
+    });
     store.epoch_deadline_callback(move |mut ctx| {
         let state = ctx.data_mut();
-        // The deadline passed while the guest waited in the host (inference, a token): that
-        // tick is not the guest's CPU time.
-        if std::mem::take(&mut state.waited_in_host) {
-            return Ok(UpdateDeadline::Yield(1));
-        }
         state.cpu_ticks += 1;
         if state.cpu_ticks > budget {
             return Err(wasmtime::Error::new(HostAbort::CpuTimeExceeded));

@@ -160,9 +160,7 @@ impl wit_llm::HostGeneration for PluginState {
 
     async fn read(&mut self, g: Resource<GenerationHandle>) -> LlmResult<Option<wit_llm::Event>> {
         let generation = self.table.get(&g)?.generation.clone();
-        let event = generation.read().await;
-        self.waited_in_host = true;
-        Ok(to_event(event))
+        Ok(to_event(generation.read().await))
     }
 
     fn drop(&mut self, g: Resource<GenerationHandle>) -> wasmtime::Result<()> {

@@ -254,7 +254,6 @@ impl inference::HostGraphExecutionContext for PluginState {
             .compute(&context, named, &self.caller)
             .instrument(span)
             .await;
-        self.waited_in_host = true;
         match computed {
             Ok(computed) => {
                 self.usage.compute_seconds += computed.compute.as_secs_f64();

@@ -100,9 +100,6 @@ pub struct PluginState {
     pub limiter: Limiter,
     /// Epoch ticks of guest execution so far, checked against the CPU budget.
     pub cpu_ticks: u64,
-    /// The guest just waited in an async host call (inference, generation): the next expired
-    /// epoch deadline is not counted as its CPU time.
-    pub waited_in_host: bool,
     /// Models granted to this plugin, and its open graphs.
     pub nn: NnState,
     /// The request being served, for `infergate:plugin/host.context`.
@@ -141,7 +138,6 @@ impl PluginState {
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
             cpu_ticks: 0,
-            waited_in_host: false,
             nn,
             caller: infergate_nn::Caller {
                 tenant: Arc::from(request.tenant.as_str()),

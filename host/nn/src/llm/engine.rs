@@ -4,9 +4,10 @@
 //! The decode thread owns the llama.cpp context, whose KV cache holds one sequence per
 //! `concurrency` (each with `context` tokens of its own). Each step it admits waiting
 //! generations into free sequences, drops the cancelled and timed-out ones, and decodes one
-//! batch: the next token of every generating sequence first, then as much of the admitted
-//! prompts as the batch has room for (a long prompt prefills over several steps while the
-//! others go on generating). Then it samples one token per sequence with that generation's own
+//! batch: the next token of every generating sequence first, then up to [`PREFILL_TOKENS`] of
+//! the admitted prompts (a long prompt prefills over several steps while the others go on
+//! generating, and a step stays short enough that a cancel is seen soon). One tenant holds at
+//! most all sequences but one, so another tenant never waits for a whole generation of it. Then it samples one token per sequence with that generation's own
 //! sampler chain and hands the text to its reader.
 
 use std::num::NonZeroU32;
@@ -30,6 +31,8 @@ use crate::{ModelSpec, Target};
 
 /// Tokens one decode step holds at most (generating sequences plus prompt chunks).
 const BATCH_TOKENS: u32 = 512;
+/// Prompt tokens one step prefills at most.
+const PREFILL_TOKENS: usize = 256;
 /// Repetition penalty looks this far back.
 const PENALTY_LAST_N: i32 = 64;
 /// How long the decode thread sleeps between checks when it has nothing to do.
@@ -271,7 +274,9 @@ impl Decoder<'_> {
             for job in waiting.drain_where(|j| {
                 j.out.cancelled.load(Ordering::Acquire) || j.enqueued.elapsed() > queue_timeout
             }) {
-                if !job.out.cancelled.load(Ordering::Acquire) {
+                if job.out.cancelled.load(Ordering::Acquire) {
+                    self.shared.stats.cancelled.fetch_add(1, Ordering::Relaxed);
+                } else {
                     self.shared.stats.failed.fetch_add(1, Ordering::Relaxed);
                     job.out.end(Err(LlmError::QueueTimeout {
                         model: self.name.clone(),
@@ -279,11 +284,21 @@ impl Decoder<'_> {
                     }));
                 }
             }
+            let cap = self.slots.len().saturating_sub(1).max(1);
             for seq in 0..self.slots.len() {
                 if self.slots[seq].is_some() {
                     continue;
                 }
-                let Some(job) = waiting.pop() else { break };
+                let held = |tenant: &str| {
+                    self.slots
+                        .iter()
+                        .flatten()
+                        .filter(|s| &*s.job.tenant == tenant)
+                        .count()
+                };
+                let Some(job) = waiting.pop(|tenant| held(tenant) < cap) else {
+                    break;
+                };
                 self.slots[seq] = Some(self.slot_for(job));
                 self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
                 self.shared.stats.active.fetch_add(1, Ordering::Relaxed);
@@ -356,6 +371,7 @@ impl Decoder<'_> {
                 room -= 1;
             }
         }
+        let mut room = room.min(PREFILL_TOKENS);
         for (seq, slot) in self.slots.iter_mut().enumerate() {
             let Some(slot) = slot else { continue };
             let prompt = &slot.job.tokens;

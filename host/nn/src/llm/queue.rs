@@ -2,7 +2,9 @@
 //! goes to the waiting tenant that has been served the fewest tokens relative to its weight
 //! (start-time fair queueing over prompt plus `max_tokens`; a tenant that was idle re-enters
 //! at the current virtual time, so idleness earns no credit). One tenant's backlog therefore
-//! cannot hold the model from another: the other waits for about one sequence.
+//! cannot hold the model from another: the other waits for about one sequence. The decode
+//! thread also caps the sequences one tenant holds (see `engine`), so one tenant can never
+//! take them all; `pop` skips tenants at their cap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -45,12 +47,13 @@ impl Waiting {
         self.len += 1;
     }
 
-    /// The next generation to admit, by the fairness rule above.
-    pub(super) fn pop(&mut self) -> Option<Job> {
+    /// The next generation to admit, by the fairness rule above, among the tenants `may_take`
+    /// lets in.
+    pub(super) fn pop(&mut self, may_take: impl Fn(&str) -> bool) -> Option<Job> {
         let tenant = self
             .lanes
             .iter()
-            .filter(|(_, lane)| !lane.jobs.is_empty())
+            .filter(|(tenant, lane)| !lane.jobs.is_empty() && may_take(tenant))
             .min_by(|a, b| a.1.pass.total_cmp(&b.1.pass))
             .map(|(tenant, _)| tenant.clone())?;
         let lane = self.lanes.get_mut(&tenant)?;
@@ -111,7 +114,7 @@ mod tests {
             w.push(job("heavy", 90), 1);
         }
         w.push(job("light", 90), 1);
-        let order: Vec<String> = std::iter::from_fn(|| w.pop())
+        let order: Vec<String> = std::iter::from_fn(|| w.pop(|_| true))
             .map(|j| j.tenant.to_string())
             .collect();
         assert_eq!(order.len(), 6);
@@ -128,7 +131,7 @@ mod tests {
             w.push(job("b", 90), 1);
         }
         let first: Vec<String> = (0..15)
-            .map(|_| w.pop().unwrap().tenant.to_string())
+            .map(|_| w.pop(|_| true).unwrap().tenant.to_string())
             .collect();
         let a = first.iter().filter(|t| *t == "a").count();
         assert!((9..=11).contains(&a), "{first:?}");
@@ -143,7 +146,17 @@ mod tests {
         let gone = w.drain_where(|j| j.tokens.len() >= 2);
         assert_eq!(gone.len(), 2);
         assert_eq!(w.len(), 1);
-        assert_eq!(w.pop().unwrap().tokens.len(), 1);
-        assert!(w.pop().is_none());
+        assert_eq!(w.pop(|_| true).unwrap().tokens.len(), 1);
+        assert!(w.pop(|_| true).is_none());
+    }
+
+    #[test]
+    fn a_tenant_at_its_cap_is_passed_over() {
+        let mut w = Waiting::default();
+        w.push(job("a", 1), 1);
+        w.push(job("b", 500), 1);
+        assert_eq!(&*w.pop(|t| t != "a").unwrap().tenant, "b");
+        assert!(w.pop(|t| t != "a").is_none());
+        assert_eq!(w.len(), 1);
     }
 }
