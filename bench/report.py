@@ -6,6 +6,9 @@ the same answers, and writes the results table. Standard library only.
   report.py agree SCENARIO RESPONSE_FILE...                      same answers from every system?
   report.py table OUT_DIR                                        writes OUT_DIR/results.md, prints it
   report.py show < RECORD                                        one record in one line
+
+The `gen` scenario (text generation) is measured by bench/gen.py, not wrk: its records are in
+OUT_DIR/gen.jsonl and its answers are gen.py's probe files.
 """
 import json
 import math
@@ -15,11 +18,20 @@ import sys
 from pathlib import Path
 
 # The infergate system and its peer in each scenario (a trailing "1": one connection).
-PEERS = {"noop": "wasmtime-serve", "digits": "fastapi", "embed": "fastapi"}
+PEERS = {"noop": "wasmtime-serve", "digits": "fastapi", "embed": "fastapi", "gen": "llama-cpp-python"}
 # The issue's targets: (minimum throughput ratio infergate/peer, p99 must be lower).
 TARGETS = {"noop": (0.8, False), "digits": (5.0, True), "embed": (1.2, True)}
 # The sentence of bench/requests/embed.json is 19 tokens ([CLS] ... [SEP]); floor.rs uses them.
 EMBED_TOKENS = 19
+# gen: (figure, label, target as (kind, value)): "min" ratio infergate/peer at least value,
+# "max" at most value (lower is better), None: no target.
+GEN_FIGURES = [
+    (("single", "tok_s"), "1-stream decode tokens/s", ("min", 0.95)),
+    (("concurrent", "agg_tok_s"), "{streams}-stream aggregate tokens/s", ("min", 2.0)),
+    (("concurrent", "ttft_ms_p50"), "TTFT p50 ms ({streams} streams)", None),
+    (("concurrent", "ttft_ms_p99"), "TTFT p99 ms ({streams} streams)", ("max", 1.0)),
+    (("single", "ttft_ms_p50"), "TTFT ms, 1 stream (median)", None),
+]
 
 
 def fail(message):
@@ -74,6 +86,11 @@ def model_time(before, after):
 
 def show():
     r = json.loads(sys.stdin.readline())
+    if r.get("scenario") == "gen":
+        s, c = r["single"], r["concurrent"]
+        print(f"1 stream {s['tok_s']:.1f} tok/s, {c['streams']} streams {c['agg_tok_s']:.1f} tok/s, "
+              f"TTFT p50 {c['ttft_ms_p50']:.0f} ms p99 {c['ttft_ms_p99']:.0f} ms")
+        return
     print(f"{r['rps']:,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, p99 {r['p99_us'] / 1000:.2f} ms")
 
 
@@ -91,6 +108,9 @@ def agree(scenario, *paths):
         if status != 200:
             fail(f"{path}: status {status}, body {body[:300]}")
         answers[path] = body
+    if base == "gen":
+        agree_gen(scenario, answers)
+        return
     if base == "noop":
         for path, body in answers.items():
             if body != "ok\n":
@@ -123,6 +143,82 @@ def agree(scenario, *paths):
         fail(f"unknown scenario {scenario}")
 
 
+def agree_gen(scenario, answers):
+    """Greedy decoding of the same prompt on the same GGUF: both systems must generate text; how
+    far their texts agree is printed, not enforced (batched decoding may round differently)."""
+    parsed = {p: json.loads(b) for p, b in answers.items()}
+    for path, b in parsed.items():
+        if not b["text"].strip() or b["completion_tokens"] < 1:
+            fail(f"{path}: no text generated: {b}")
+    (first, a), *others = parsed.items()
+    for path, b in others:
+        common = 0
+        for x, y in zip(a["text"], b["text"]):
+            if x != y:
+                break
+            common += 1
+        print(f"agree {scenario}: {first} and {path}: the first {common} of "
+              f"{len(a['text'])}/{len(b['text'])} characters equal; tokens "
+              f"{a['completion_tokens']}/{b['completion_tokens']}, finish "
+              f"{a['finish_reason']}/{b['finish_reason']}, usage reported "
+              f"{a['usage_reported']}/{b['usage_reported']}")
+    print(f"agree {scenario}: {first} says {a['text'][:120]!r}...")
+
+
+def gen_table(out, rss, md):
+    """The `gen` scenario's section of results.md, from OUT_DIR/gen.jsonl."""
+    path = out / "gen.jsonl"
+    if not path.exists():
+        return
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    by_system = {}
+    for r in records:
+        by_system.setdefault(r["system"], []).append(r)
+    med = {system: {key: statistics.median(r[key[0]][key[1]] for r in rs) for key, _, _ in GEN_FIGURES}
+           for system, rs in by_system.items()}
+    first = records[0]
+    md.append(f"\n**Text generation** (`gen`, bench/gen.py): SmolLM2-135M-Instruct Q4_1 GGUF, "
+              f"greedy, at most {first['max_tokens']} tokens per request; 1 stream: "
+              f"{first['single']['requests']} requests one after another (decode rate after the "
+              f"first token, median); {first['concurrent']['streams']} concurrent streams of "
+              f"{first['rounds']} requests each (all tokens / wall time). Medians over "
+              f"{len(by_system.get('infergate', records))} runs.\n")
+    md.append("| system | 1-stream tok/s | aggregate tok/s | TTFT p50 ms | TTFT p99 ms | "
+              "1-stream TTFT ms | peak RSS MiB | tokens counted from | finish reasons |")
+    md.append("|---|---:|---:|---:|---:|---:|---:|---|---|")
+    for system, rs in by_system.items():
+        m = med[system]
+        mem = rss.get(("gen", system))
+        finishes = {}
+        for r in rs:
+            for k, v in r["finish_reasons"].items():
+                finishes[k] = finishes.get(k, 0) + v
+        md.append(f"| {system} | {m[('single', 'tok_s')]:.1f} | {m[('concurrent', 'agg_tok_s')]:.1f} | "
+                  f"{m[('concurrent', 'ttft_ms_p50')]:.0f} | {m[('concurrent', 'ttft_ms_p99')]:.0f} | "
+                  f"{m[('single', 'ttft_ms_p50')]:.0f} | {'' if mem is None else f'{mem:.0f}'} | "
+                  f"{rs[0]['count']} | {', '.join(f'{k} {v}' for k, v in finishes.items())} |")
+    peer = PEERS["gen"]
+    a, b = med.get("infergate"), med.get(peer)
+    if not (a and b):
+        return
+    md.append(f"\n**infergate / {peer}**, text generation\n")
+    md.append("| figure | infergate | peer | ratio | target | met |")
+    md.append("|---|---:|---:|---:|---|---|")
+    for key, label, target in GEN_FIGURES:
+        ratio = a[key] / b[key]
+        text, met = "", ""
+        if target:
+            kind, value = target
+            text = f"≥{value}x" if kind == "min" else ("no worse (≤1x)" if value == 1 else f"≤{value}x")
+            ok = ratio >= value if kind == "min" else ratio <= value
+            met = "yes" if ok else "**no**"
+        label = label.format(streams=first["concurrent"]["streams"])
+        md.append(f"| {label} | {num(a[key])} | {num(b[key])} | {ratio:.2f}x | {text} | {met} |")
+    ra, rb = rss.get(("gen", "infergate")), rss.get(("gen", peer))
+    if ra and rb:
+        md.append(f"| peak RSS MiB | {ra:.0f} | {rb:.0f} | {ra / rb:.2f}x | | |")
+
+
 def lines_of(path, tag):
     """`tag NAME... numbers` lines of a floor/micro output, comments stripped."""
     out = []
@@ -141,7 +237,8 @@ def num(x):
 def table(out_dir):
     out = Path(out_dir)
     meta = json.loads((out / "meta.json").read_text())
-    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line]
+    runs_file = out / "runs.jsonl"
+    runs = [json.loads(line) for line in runs_file.read_text().splitlines() if line] if runs_file.exists() else []
     rss = {}
     if (out / "rss.jsonl").exists():
         for line in (out / "rss.jsonl").read_text().splitlines():
@@ -170,39 +267,42 @@ def table(out_dir):
     md.append(f"Machine: {meta['machine']}  ")
     md.append(f"Load average before / after: {meta['load_before']} / {meta.get('load_after', '?')}\n")
 
-    md.append("| scenario | connections | system | requests/s | p50 ms | p99 ms | peak RSS MiB | spread of req/s |")
-    md.append("|---|---:|---|---:|---:|---:|---:|---:|")
     scenarios = list(dict.fromkeys(r["scenario"] for r in runs))
-    for s in scenarios:
-        for system in ("infergate", PEERS[s.rstrip("1")]):
-            m = med.get((s, system))
-            if not m:
-                continue
-            mem = rss.get((s, system))
-            md.append(f"| {s} | {m['connections']} | {system} | {num(m['rps'])} | "
-                      f"{m['p50_us'] / 1000:.3f} | {m['p99_us'] / 1000:.3f} | "
-                      f"{'' if mem is None else f'{mem:.0f}'} | {m['spread'] * 100:.1f}% |")
+    if scenarios:  # wrk scenarios (gen has its own section below)
+        md.append("| scenario | connections | system | requests/s | p50 ms | p99 ms | peak RSS MiB | spread of req/s |")
+        md.append("|---|---:|---|---:|---:|---:|---:|---:|")
+        for s in scenarios:
+            for system in ("infergate", PEERS[s.rstrip("1")]):
+                m = med.get((s, system))
+                if not m:
+                    continue
+                mem = rss.get((s, system))
+                md.append(f"| {s} | {m['connections']} | {system} | {num(m['rps'])} | "
+                          f"{m['p50_us'] / 1000:.3f} | {m['p99_us'] / 1000:.3f} | "
+                          f"{'' if mem is None else f'{mem:.0f}'} | {m['spread'] * 100:.1f}% |")
 
-    md.append("\n**infergate / peer** (throughput: higher is better; latency and memory: lower is better)\n")
-    md.append("| scenario | peer | throughput | p50 | p99 | peak RSS | target | met |")
-    md.append("|---|---|---:|---:|---:|---:|---|---|")
-    for s in scenarios:
-        base = s.rstrip("1")
-        peer = PEERS[base]
-        a, b = med.get((s, "infergate")), med.get((s, peer))
-        if not (a and b):
-            continue
-        thr = a["rps"] / b["rps"]
-        p50, p99 = a["p50_us"] / b["p50_us"], a["p99_us"] / b["p99_us"]
-        ra, rb = rss.get((s, "infergate")), rss.get((s, peer))
-        mem = f"{ra / rb:.2f}x" if ra and rb else ""
-        target, met = "", ""
-        if base in TARGETS and not s.endswith("1"):
-            minimum, lower_p99 = TARGETS[base]
-            target = f"≥{minimum}x" + (", lower p99" if lower_p99 else "")
-            ok = thr >= minimum and (p99 < 1 or not lower_p99)
-            met = "yes" if ok else "**no**"
-        md.append(f"| {s} | {peer} | {thr:.2f}x | {p50:.2f}x | {p99:.2f}x | {mem} | {target} | {met} |")
+        md.append("\n**infergate / peer** (throughput: higher is better; latency and memory: lower is better)\n")
+        md.append("| scenario | peer | throughput | p50 | p99 | peak RSS | target | met |")
+        md.append("|---|---|---:|---:|---:|---:|---|---|")
+        for s in scenarios:
+            base = s.rstrip("1")
+            peer = PEERS[base]
+            a, b = med.get((s, "infergate")), med.get((s, peer))
+            if not (a and b):
+                continue
+            thr = a["rps"] / b["rps"]
+            p50, p99 = a["p50_us"] / b["p50_us"], a["p99_us"] / b["p99_us"]
+            ra, rb = rss.get((s, "infergate")), rss.get((s, peer))
+            mem = f"{ra / rb:.2f}x" if ra and rb else ""
+            target, met = "", ""
+            if base in TARGETS and not s.endswith("1"):
+                minimum, lower_p99 = TARGETS[base]
+                target = f"≥{minimum}x" + (", lower p99" if lower_p99 else "")
+                ok = thr >= minimum and (p99 < 1 or not lower_p99)
+                met = "yes" if ok else "**no**"
+            md.append(f"| {s} | {peer} | {thr:.2f}x | {p50:.2f}x | {p99:.2f}x | {mem} | {target} | {met} |")
+
+    gen_table(out, rss, md)
 
     floor = {(f[0], f[1]): (float(f[2]), float(f[3]), float(f[4])) for f in lines_of(out / "floor.txt", "floor")}
     if floor:

@@ -12,15 +12,22 @@
 #   digits  POST /digits/classify bench/requests/digits.json: infergate vs FastAPI
 #   embed   POST /embed/embeddings bench/requests/embed.json: infergate vs FastAPI, both on
 #           ONNX Runtime with the same model file
+#   gen     POST /v1/chat/completions, streamed (SSE), driven by bench/gen.py instead of wrk:
+#           infergate's `openai` plugin vs llama-cpp-python's server (bench/requirements-gen.txt),
+#           the same GGUF (SmolLM2-135M-Instruct Q4_1) with as many threads as cores. Figures:
+#           1-stream decode tokens/s, aggregate tokens/s of 8 concurrent streams, time to first
+#           token p50/p99; BENCH_DURATION and BENCH_WARMUP do not apply (a short warm-up run).
 #
 # infergate is measured as built for deployment: bench/pgo.sh (link-time and profile-guided
 # optimisation, trained on these routes) at target/pgo/infergate.
 #
 # Knobs: BENCH_DURATION (10s), BENCH_WARMUP (5s), BENCH_RUNS (3), BENCH_CONNECTIONS (16),
-# BENCH_SCENARIOS ("noop digits embed embed1"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
+# BENCH_SCENARIOS ("noop digits embed embed1 gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
 # 1 skips building infergate and the plugins), BENCH_PGO (1; 0 measures the `dist` profile's
 # build, link-time optimisation only, at target/dist/infergate), BENCH_PEER_PYTHON (the
-# interpreter of the peer's venv; /usr/bin/python3 where it exists).
+# interpreter of the peer's venv; /usr/bin/python3 where it exists); for gen: BENCH_GEN_SINGLE
+# (5 single-stream requests), BENCH_GEN_STREAMS (8), BENCH_GEN_ROUNDS (2 requests per stream),
+# BENCH_GEN_MAX_TOKENS (128).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,8 +37,12 @@ DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-5s}"
 RUNS="${BENCH_RUNS:-3}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
-SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1}"
+SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1 gen}"
 WRK_THREADS="${BENCH_WRK_THREADS:-2}"
+GEN_SINGLE="${BENCH_GEN_SINGLE:-5}"
+GEN_STREAMS="${BENCH_GEN_STREAMS:-8}"
+GEN_ROUNDS="${BENCH_GEN_ROUNDS:-2}"
+GEN_MAX_TOKENS="${BENCH_GEN_MAX_TOKENS:-128}"
 PYTHON="${PYTHON:-python3}"
 # The peer's interpreter: the distribution's own where there is one. Debian's python3 served the
 # FastAPI peer 8-28% faster than a pyenv build with default flags (bench/RESULTS.md).
@@ -60,6 +71,10 @@ API_KEY="bench-key-0123456789abcdef"
 INFERGATE_URL="http://127.0.0.1:18080"
 PEER_URL="http://127.0.0.1:18081"
 WASMTIME_URL="http://127.0.0.1:18082"
+LLAMA_URL="http://127.0.0.1:18083"
+# The chat model of bench/infergate.toml (models/fetch.sh), served by both systems in `gen`.
+GGUF="$ROOT/models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GEN_MODEL="smollm2-135m-instruct"
 
 OUT="$ROOT/bench/results/$(date -u +%Y%m%dT%H%M%SZ)"
 RAW="$OUT/raw"
@@ -69,13 +84,17 @@ log() { echo "bench: $*" >&2; }
 
 # ---- install ---------------------------------------------------------------------------------
 
+has_scenario() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+
+apt_install() {
+    log "installing $* (apt)"
+    local sudo=""
+    [[ "$(id -u)" == 0 ]] || sudo="sudo"
+    $sudo apt-get install -y "$@" >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y "$@" >/dev/null; }
+}
+
 install_tools() {
-    if ! command -v wrk >/dev/null; then
-        log "installing wrk (apt)"
-        local sudo=""
-        [[ "$(id -u)" == 0 ]] || sudo="sudo"
-        $sudo apt-get install -y wrk >/dev/null || { $sudo apt-get update >/dev/null && $sudo apt-get install -y wrk >/dev/null; }
-    fi
+    command -v wrk >/dev/null || apt_install wrk
     local stamp="$VENV/.requirements.sha256"
     local want
     want="$(sha256sum bench/requirements.txt | cut -d' ' -f1) $(readlink -f "$(command -v "$PEER_PYTHON")")"
@@ -86,11 +105,27 @@ install_tools() {
         "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
         echo "$want" >"$stamp"
     fi
+    if has_scenario gen; then install_gen_peer; fi
     if [[ ! -x "$WASMTIME" ]] || ! "$WASMTIME" --version | grep -q " $WASMTIME_VERSION"; then
         log "installing wasmtime-cli $WASMTIME_VERSION into $TOOLS (only what \`serve\` needs)"
         cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$TOOLS" \
             --no-default-features --features run,serve,component-model-async,cranelift,pooling-allocator,parallel-compilation
     fi
+}
+
+# The peer of `gen`: llama-cpp-python's server, into the same venv (its own stamp: the venv is
+# re-created with requirements.txt, and this file's change alone re-installs only it). pip builds
+# llama.cpp from source (minutes; pip caches the wheel).
+install_gen_peer() {
+    local stamp="$VENV/.requirements-gen.sha256" want
+    want="$(sha256sum bench/requirements-gen.txt | cut -d' ' -f1)"
+    [[ "$(cat "$stamp" 2>/dev/null)" == "$want" ]] && return 0
+    command -v cmake >/dev/null || apt_install cmake
+    command -v c++ >/dev/null || apt_install g++
+    log "installing bench/requirements-gen.txt into $VENV (builds llama.cpp from source)"
+    CMAKE_BUILD_PARALLEL_LEVEL="$CORES" "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+        -r bench/requirements.txt -r bench/requirements-gen.txt
+    echo "$want" >"$stamp"
 }
 
 # ONNX Runtime for infergate: the library of the venv's onnxruntime wheel, the peer's own.
@@ -170,6 +205,18 @@ start() {
         PID[$name]=$!
         wait_ok "$name" "$WASMTIME_URL/noop/ping"
         ;;
+    llama-cpp-python)
+        # --interrupt_requests false: by default a new request cuts the one being streamed
+        # short; with it off, requests wait for the model in turn (one at a time: the server
+        # decodes one sequence per model). It keeps the last request's KV cache and skips the
+        # prefill of a prompt it has just seen (gen.py sends the same one every time).
+        "$VENV/bin/python" -m llama_cpp.server --model "$GGUF" --model_alias "$GEN_MODEL" \
+            --n_threads "$CORES" --n_threads_batch "$CORES" --n_ctx 2048 \
+            --host 127.0.0.1 --port 18083 --api_key "$API_KEY" --interrupt_requests false \
+            >"$OUT/$name.log" 2>&1 &
+        PID[$name]=$!
+        wait_ok "$name" -H "Authorization: Bearer $API_KEY" "$LLAMA_URL/v1/models"
+        ;;
     esac
 }
 
@@ -178,6 +225,7 @@ url_of() {
     infergate) echo "$INFERGATE_URL" ;;
     fastapi) echo "$PEER_URL" ;;
     wasmtime-serve) echo "$WASMTIME_URL" ;;
+    llama-cpp-python) echo "$LLAMA_URL" ;;
     esac
 }
 
@@ -212,8 +260,50 @@ drive() {
     fi
 }
 
+# bench/gen.py against SYSTEM: a short warm-up (discarded) or measured run RUN, appended to
+# $OUT/gen.jsonl. Fails on any failed request.
+gen_drive() {
+    local system="$1" run="$2" file="$RAW/gen.$system.$2.txt" args
+    args=(run "$(url_of "$system")/v1" "$API_KEY" --model "$GEN_MODEL" --system "$system"
+        --max-tokens "$GEN_MAX_TOKENS" --streams "$GEN_STREAMS")
+    if [[ "$run" == warmup ]]; then
+        args+=(--single 1 --rounds 1)
+    else
+        args+=(--run "$run" --single "$GEN_SINGLE" --rounds "$GEN_ROUNDS" --json "$OUT/gen.jsonl")
+    fi
+    "$PYTHON" bench/gen.py "${args[@]}" >"$file" 2>&1 || { cat "$file" >&2; exit 1; }
+}
+
+# Text generation: like scenario() below, with bench/gen.py for wrk.
+gen_scenario() {
+    local systems=(infergate llama-cpp-python) system responses=() run
+    log "scenario gen ($GEN_STREAMS streams, $GEN_MAX_TOKENS tokens; load: $(cut -d' ' -f1-3 /proc/loadavg))"
+    for system in "${systems[@]}"; do
+        start "$system"
+        local response="$RAW/gen.$system.response"
+        "$PYTHON" bench/gen.py probe "$(url_of "$system")/v1" "$API_KEY" "$response" \
+            --model "$GEN_MODEL" --max-tokens "$GEN_MAX_TOKENS"
+        responses+=("$response")
+    done
+    "$PYTHON" bench/report.py agree gen "${responses[@]}" | tee -a "$OUT/agree.txt" >&2
+    for system in "${systems[@]}"; do
+        gen_drive "$system" warmup
+    done
+    for run in $(seq 1 "$RUNS"); do
+        for system in "${systems[@]}"; do
+            gen_drive "$system" "$run"
+            log "  $system run $run: $(tail -n1 "$OUT/gen.jsonl" | "$PYTHON" bench/report.py show)"
+        done
+    done
+    for system in "${systems[@]}"; do
+        echo "{\"scenario\": \"gen\", \"system\": \"$system\", \"peak_rss_kb\": $(peak_rss_kb "${PID[$system]}")}" >>"$OUT/rss.jsonl"
+        stop "$system"
+    done
+}
+
 scenario() {
     local scenario="$1" base="${1%1}" connections="$CONNECTIONS" path body systems
+    if [[ "$scenario" == gen ]]; then gen_scenario; return; fi
     [[ "$scenario" == *1 ]] && connections=1
     case "$base" in
     noop) systems=(infergate wasmtime-serve) path=/noop/ping body="" ;;
@@ -259,6 +349,8 @@ for f in "$INFERGATE" "$EXAMPLES/floor" "$EXAMPLES/bench_micro"; do
     [[ -e "$f" ]] || { log "$f is missing: run without BENCH_SKIP_BUILD"; exit 1; }
     ln -f "$f" "$OUT/bin/"
 done
+# bench/infergate.toml loads the chat model in every scenario (`make setup` fetches it).
+[[ -e "$GGUF" ]] || models/fetch.sh
 for f in "$NOOP_WASM" "$WASM_DIR/digits.wasm" "$WASM_DIR/embed.wasm"; do
     [[ -e "$f" ]] || { log "$f is missing: run without BENCH_SKIP_BUILD"; exit 1; }
 done
@@ -269,7 +361,13 @@ MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $CORES cores, $(free -g | awk 
 Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2), Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), \
 $(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $("$WASMTIME" --version), \
 onnxruntime $("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
+if has_scenario gen; then
+    MACHINE="$MACHINE, llama-cpp-python $("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')"
+fi
 COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' BENCH_PGO=$PGO make bench"
+if has_scenario gen; then
+    COMMAND="BENCH_GEN_SINGLE=$GEN_SINGLE BENCH_GEN_STREAMS=$GEN_STREAMS BENCH_GEN_ROUNDS=$GEN_ROUNDS BENCH_GEN_MAX_TOKENS=$GEN_MAX_TOKENS $COMMAND"
+fi
 MACHINE="$MACHINE" COMMAND="$COMMAND" "$PYTHON" - "$OUT/meta.json" <<PY
 import json, os, sys
 json.dump({
