@@ -212,3 +212,54 @@ async fn a_full_queue_refuses_at_once() {
     assert!(matches!(third, Err(NnError::QueueFull { .. })), "{third:?}");
     assert_eq!(llm.stats().rejected, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_prompt_prefix_is_not_prefilled_again_for_the_same_tenant_only() {
+    let model = model(1, 8);
+    let llm = model.llm().unwrap();
+    let prompt = question("What is the capital of France?");
+    let prompt_tokens = llm.tokenize(&prompt).unwrap().len() as u64;
+
+    let (first, ..) = finish(&start(&model, &prompt, greedy(16), "t")).await;
+    assert_eq!(llm.stats().prompt_tokens_cached, 0);
+    let (again, ..) = finish(&start(&model, &prompt, greedy(16), "t")).await;
+    let stats = llm.stats();
+    assert_eq!(
+        again, first,
+        "the cache changes nothing in what is generated"
+    );
+    // All but the last prompt token (decoded again for its logits) came from the cache.
+    assert_eq!(stats.prompt_tokens_cached, prompt_tokens - 1, "{stats:?}");
+    assert_eq!(
+        stats.tokens.prompt,
+        2 * prompt_tokens,
+        "cached tokens still count"
+    );
+
+    // The next turn of the same chat reuses the first turn.
+    let next_turn = Prompt::Chat(vec![
+        Message {
+            role: "user".into(),
+            content: "What is the capital of France?".into(),
+        },
+        Message {
+            role: "assistant".into(),
+            content: first.clone(),
+        },
+        Message {
+            role: "user".into(),
+            content: "And of Italy?".into(),
+        },
+    ]);
+    finish(&start(&model, &next_turn, greedy(8), "t")).await;
+    let reused = llm.stats().prompt_tokens_cached - stats.prompt_tokens_cached;
+    assert!(reused >= prompt_tokens - 2, "{reused} of {prompt_tokens}");
+
+    // Another tenant never starts from what this one left.
+    let before = llm.stats().prompt_tokens_cached;
+    let (other, ..) = finish(&start(&model, &prompt, greedy(16), "u")).await;
+    assert_eq!(other, first);
+    assert_eq!(llm.stats().prompt_tokens_cached, before);
+    finish(&start(&model, &prompt, greedy(16), "u")).await;
+    assert_eq!(llm.stats().prompt_tokens_cached, before + prompt_tokens - 1);
+}

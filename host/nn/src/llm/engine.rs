@@ -7,8 +7,15 @@
 //! batch: the next token of every generating sequence first, then up to [`PREFILL_TOKENS`] of
 //! the admitted prompts (a long prompt prefills over several steps while the others go on
 //! generating, and a step stays short enough that a cancel is seen soon). One tenant holds at
-//! most all sequences but one, so another tenant never waits for a whole generation of it. Then it samples one token per sequence with that generation's own
-//! sampler chain and hands the text to its reader.
+//! most all sequences but one, so another tenant never waits for a whole generation of it.
+//! Then it samples one token per sequence with that generation's own sampler chain and hands
+//! the text to its reader.
+//!
+//! Prompt cache: a finished sequence keeps its tokens in the KV cache. A new generation goes to
+//! the free sequence whose kept tokens share the longest prefix with its prompt, among those
+//! the same tenant left (never another tenant's: how fast a prompt starts must not tell what
+//! others asked), and prefills only the rest. A repeated system prompt or the next turn of a
+//! chat then starts in one step.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::Ordering;
@@ -126,6 +133,7 @@ impl Engine {
                     ctx,
                     shared: &thread_shared,
                     slots: (0..sequences).map(|_| None).collect(),
+                    kept: (0..sequences).map(|_| None).collect(),
                     batch: LlamaBatch::new(BATCH_TOKENS as usize, 1),
                     name,
                     context,
@@ -211,6 +219,8 @@ struct Slot {
     text: TextAssembler,
     /// Prompt tokens already in the KV cache.
     prefilled: usize,
+    /// The prompt, then every token sampled: what the KV cache holds up to `position`.
+    history: Vec<i32>,
     /// The last token sampled, to decode next (once the prompt is in).
     next: Option<LlamaToken>,
     /// Its position in the sequence.
@@ -221,12 +231,20 @@ struct Slot {
     deadline: Instant,
 }
 
+/// The tokens a free sequence still holds in the KV cache, and whose they are.
+struct Kept {
+    tenant: Arc<str>,
+    tokens: Vec<i32>,
+}
+
 struct Decoder<'m> {
     model: &'m LlamaModel,
     ctx: LlamaContext<'m>,
     shared: &'m Shared,
     /// Index = llama.cpp sequence id.
     slots: Vec<Option<Slot>>,
+    /// What each free sequence still holds in the KV cache (index = sequence id).
+    kept: Vec<Option<Kept>>,
     batch: LlamaBatch<'static>,
     name: String,
     context: u32,
@@ -285,10 +303,7 @@ impl Decoder<'_> {
                 }
             }
             let cap = self.slots.len().saturating_sub(1).max(1);
-            for seq in 0..self.slots.len() {
-                if self.slots[seq].is_some() {
-                    continue;
-                }
+            while self.slots.iter().any(Option::is_none) {
                 let held = |tenant: &str| {
                     self.slots
                         .iter()
@@ -299,7 +314,8 @@ impl Decoder<'_> {
                 let Some(job) = waiting.pop(|tenant| held(tenant) < cap) else {
                     break;
                 };
-                self.slots[seq] = Some(self.slot_for(job));
+                let (seq, reused) = self.sequence_for(&job);
+                self.slots[seq] = Some(self.slot_for(job, reused));
                 self.shared.stats.started.fetch_add(1, Ordering::Relaxed);
                 self.shared.stats.active.fetch_add(1, Ordering::Relaxed);
             }
@@ -315,15 +331,58 @@ impl Decoder<'_> {
         }
     }
 
-    fn slot_for(&self, job: Job) -> Slot {
+    /// The free sequence for `job`, and how many of its prompt tokens that sequence's KV cache
+    /// already holds: the longest shared prefix among what the same tenant left, else a
+    /// sequence holding nothing (or another tenant's, cleared first). One prompt token is
+    /// always decoded again, since its logits give the first token.
+    fn sequence_for(&mut self, job: &Job) -> (usize, usize) {
+        let free = || (0..self.slots.len()).filter(|&seq| self.slots[seq].is_none());
+        let shared_prefix = |seq: usize| match &self.kept[seq] {
+            Some(kept) if kept.tenant == job.tenant => kept
+                .tokens
+                .iter()
+                .zip(&job.tokens)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(job.tokens.len() - 1),
+            _ => 0,
+        };
+        let (seq, reused) = free()
+            .map(|seq| (seq, shared_prefix(seq)))
+            .max_by_key(|&(seq, n)| (n, self.kept[seq].is_none()))
+            .expect("called with a free sequence");
+        let cleared = self.kept[seq].take().is_none_or(|kept| {
+            let from = (reused > 0).then_some(reused as u32);
+            self.ctx
+                .clear_kv_cache_seq(Some(seq as u32), from, None)
+                .map_err(|e| tracing::warn!(model = %self.name, "clearing sequence {seq}: {e}"))
+                .is_ok_and(|removed| removed)
+                && kept.tokens.len() >= reused
+        });
+        if !cleared {
+            // Nothing is known about what this sequence holds now: start it from scratch.
+            let _ = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
+            return (seq, 0);
+        }
+        if reused > 0 {
+            self.shared
+                .stats
+                .prompt_cached
+                .fetch_add(reused as u64, Ordering::Relaxed);
+        }
+        (seq, reused)
+    }
+
+    fn slot_for(&self, job: Job, reused: usize) -> Slot {
         let deadline = job.enqueued + self.timeout;
         Slot {
             sampler: sampler_for(&job.sampling, self.model.n_vocab()),
             text: TextAssembler::new(job.sampling.stop.clone()),
+            history: job.tokens.clone(),
             job,
-            prefilled: 0,
+            prefilled: reused,
             next: None,
-            position: 0,
+            position: reused as i32,
             logits_at: None,
             last_token_at: None,
             deadline,
@@ -463,6 +522,7 @@ impl Decoder<'_> {
                 self.free(seq, Some(Ok(FinishReason::Length)));
                 continue;
             }
+            slot.history.push(token.0);
             slot.next = Some(token);
         }
     }
@@ -493,10 +553,19 @@ impl Decoder<'_> {
             None => 0,
         };
         stats.active.fetch_sub(1, Ordering::Relaxed);
+        // After a failed decode nothing is known about what the sequence holds.
+        let consistent = !matches!(end, Some(Err(LlmError::Backend(_))));
         if let Some(end) = end {
             slot.job.out.end(end);
         }
-        if let Err(e) = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None) {
+        if consistent {
+            let mut tokens = slot.history;
+            tokens.truncate(slot.position.max(0) as usize);
+            self.kept[seq] = Some(Kept {
+                tenant: slot.job.tenant,
+                tokens,
+            });
+        } else if let Err(e) = self.ctx.clear_kv_cache_seq(Some(seq as u32), None, None) {
             tracing::warn!(model = %self.name, "clearing sequence {seq}: {e}");
         }
     }

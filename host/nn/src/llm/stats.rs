@@ -76,6 +76,9 @@ pub struct LlmStats {
     pub decoded_after_cancel: u64,
     /// Prompt tokens prefilled and tokens generated, in all.
     pub tokens: TokenCounts,
+    /// Prompt tokens that were already in the KV cache (the prompt cache), so not prefilled
+    /// again; they are counted in `tokens.prompt` too.
+    pub prompt_tokens_cached: u64,
     /// The same by tenant and plugin.
     pub tokens_by: Vec<TokenShare>,
     /// Decode steps (one batch each) and the seconds they took.
@@ -106,6 +109,7 @@ pub(super) struct Counters {
     pub(super) rejected: AtomicU64,
     pub(super) cancelled: AtomicU64,
     pub(super) decoded_after_cancel: AtomicU64,
+    pub(super) prompt_cached: AtomicU64,
     pub(super) steps: AtomicU64,
     busy_nanos: AtomicU64,
     slow: Mutex<Slow>,
@@ -130,6 +134,7 @@ impl Default for Counters {
             rejected: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
             decoded_after_cancel: AtomicU64::new(0),
+            prompt_cached: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
             slow: Mutex::new(Slow {
@@ -188,6 +193,7 @@ impl Counters {
             cancelled: load(&self.cancelled),
             decoded_after_cancel: load(&self.decoded_after_cancel),
             tokens: slow.tokens,
+            prompt_tokens_cached: load(&self.prompt_cached),
             tokens_by: slow
                 .tokens_by
                 .iter()
