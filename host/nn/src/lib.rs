@@ -7,12 +7,13 @@
 //! # Layout
 //! - [`Models`] / [`Model`] (this file): every configured model, loaded once at start-up and
 //!   shared; a model is a backend [`Graph`] plus its scheduler.
-//! - `schedule`: the per-model bounded queue, concurrency limit, timeout and statistics.
+//! - `schedule`: the per-model bounded queue, concurrency limit and timeout (`schedule/mod.rs`),
+//!   the queue's fairness across tenants (`schedule/fair.rs`) and statistics (`schedule/stats.rs`).
 //! - `batch`: batching of the inferences that wait (or, for quick models, arrive) together.
 //! - [`llm`]: language models (llama.cpp, feature `llamacpp`): generation streamed token by
 //!   token, many sequences decoded together on a thread of the model's own.
 //! - `backend`: the graph backends, each behind wasmtime-wasi-nn's public traits
-//!   (`BackendInner`/`BackendGraph`/`BackendExecutionContext`), one file each:
+//!   (`BackendGraph`/`BackendExecutionContext`), one file each:
 //!   `backend/tract.rs` (pure Rust, always built) and `backend/ort.rs` (ONNX Runtime, loaded
 //!   at run time, cargo feature `onnxruntime`). `backend/mod.rs` holds what they share:
 //!   the check of every guest tensor before it reaches a backend.
@@ -40,7 +41,6 @@ pub use wasmtime_wasi_nn::backend::NamedTensor;
 pub use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
-pub use backend::tract::TractBackend;
 pub use backend::{BackendInfo, list as backends};
 pub use batch::Batching;
 pub use llm::{Llm, LlmOptions};

@@ -13,10 +13,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-use wasmtime_wasi_nn::backend::{
-    BackendError, BackendFromDir, BackendGraph, BackendInner, NamedTensor,
-};
-use wasmtime_wasi_nn::wit::{ExecutionTarget, GraphEncoding, TensorType};
+use wasmtime_wasi_nn::backend::{BackendError, BackendGraph, NamedTensor};
+use wasmtime_wasi_nn::wit::TensorType;
 use wasmtime_wasi_nn::{ExecutionContext, Graph};
 
 use super::{
@@ -48,34 +46,6 @@ pub(crate) fn load_file(path: &Path, target: Target) -> anyhow::Result<Loaded> {
         graph: Graph::from(Box::new(graph) as Box<dyn BackendGraph>),
         description,
     })
-}
-
-/// tract as a wasi-nn backend (for hosts that load models through wasi-nn's own traits).
-#[derive(Default)]
-pub struct TractBackend;
-
-impl BackendInner for TractBackend {
-    fn encoding(&self) -> GraphEncoding {
-        GraphEncoding::Onnx
-    }
-
-    fn load(&mut self, builders: &[&[u8]], target: ExecutionTarget) -> Result<Graph, BackendError> {
-        if builders.len() != 1 {
-            return Err(BackendError::InvalidNumberOfBuilders(1, builders.len()));
-        }
-        if !matches!(target, ExecutionTarget::Cpu) {
-            return Err(backend_failure("tract runs on the cpu only"));
-        }
-        let model = tract_onnx::onnx()
-            .model_for_read(&mut &builders[0][..])
-            .map_err(|e| guest_fault(format!("tract could not read the ONNX model: {e:#}")))?;
-        let graph = TractGraph::new(model).map_err(|e| backend_failure(format!("{e:#}")))?;
-        Ok(Graph::from(Box::new(graph) as Box<dyn BackendGraph>))
-    }
-
-    fn as_dir_loadable(&mut self) -> Option<&mut dyn BackendFromDir> {
-        None
-    }
 }
 
 struct TractGraph(Arc<TractModel>);
