@@ -189,8 +189,11 @@ async fn oauth_token(
     r.send().await.unwrap()
 }
 
-#[tokio::test]
-async fn every_credential_kind_is_accepted_and_bad_tokens_are_refused() {
+/// A host that takes every kind of credential: the config key `cfg` (tenant `acme`), JWTs of
+/// the loopback issuer (keys by OIDC discovery, refreshed at most every 200 ms) and HS256
+/// tokens of `hs-issuer`; database keys come from the admin API. The issuer is returned so that
+/// tests can sign for it, rotate its keys and count its JWKS fetches.
+async fn host_with_every_credential_kind() -> (Idp, Host) {
     let idp = Idp::start(initial_jwks()).await;
     let host = Host::start(&small_config(&format!(
         r#"
@@ -215,8 +218,32 @@ default_scopes = ["*"]
 "#,
         idp = idp.base
     )));
+    (idp, host)
+}
 
-    // The config key, as a bearer token and as X-API-Key.
+/// Creates tenant `acme` and a database key for it (5/second); returns (id, key).
+async fn acme_database_key(host: &Host) -> (String, String) {
+    create_tenant(host, "acme").await;
+    create_key(host, json!({"tenant": "acme", "limits": ["5/second"]})).await
+}
+
+/// Exchanges a key for a host-issued access token (client credentials in HTTP Basic).
+async fn access_token(host: &Host, id: &str, key: &str) -> String {
+    let r = oauth_token(
+        host,
+        &[("grant_type", "client_credentials")],
+        Some((id, key)),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    t["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn config_keys_are_accepted_as_bearer_token_or_x_api_key() {
+    let (_idp, host) = host_with_every_credential_kind().await;
+
     let me = whoami_ok(&host, CONFIG_KEY).await;
     assert_eq!(
         (me["tenant"].as_str(), me["key_id"].as_str()),
@@ -230,15 +257,19 @@ default_scopes = ["*"]
         .unwrap();
     let me: Value = r.json().await.unwrap();
     assert_eq!(me["tenant"], "acme");
+    // The plugin never sees the credential.
     let headers = me["headers"].to_string().to_lowercase();
     assert!(
         !headers.contains("x-api-key") && !headers.contains("authorization"),
         "{headers}"
     );
+}
 
-    // A database key, made through the admin API.
-    create_tenant(&host, "acme").await;
-    let (id, key) = create_key(&host, json!({"tenant": "acme", "limits": ["5/second"]})).await;
+#[tokio::test]
+async fn database_keys_are_accepted_and_listed_without_their_secret() {
+    let (_idp, host) = host_with_every_credential_kind().await;
+
+    let (id, key) = acme_database_key(&host).await;
     assert!(key.starts_with(&format!("ig_{id}_")), "{key}");
     let me = whoami_ok(&host, &key).await;
     assert_eq!(me["key_id"], id.as_str());
@@ -253,6 +284,11 @@ default_scopes = ["*"]
         !listed.to_string().contains(&key[16..]),
         "the secret is never listed"
     );
+}
+
+#[tokio::test]
+async fn external_jwts_are_accepted_in_every_algorithm() {
+    let (idp, host) = host_with_every_credential_kind().await;
 
     // JWTs of the loopback issuer (keys by OIDC discovery), in each asymmetric algorithm.
     for (alg, kid) in [
@@ -276,8 +312,12 @@ default_scopes = ["*"]
         &json!({"iss": "hs-issuer", "sub": "svc", "exp": now() + 60}),
     );
     assert_eq!(whoami_ok(&host, &hs).await["tenant"], "acme");
+}
 
-    // Tokens that must be refused, each with `unauthorized`.
+#[tokio::test]
+async fn bad_tokens_are_refused_as_unauthorized() {
+    let (idp, host) = host_with_every_credential_kind().await;
+
     let good = claims(&idp.base);
     let with = |k: &str, v: Value| {
         let mut c = good.clone();
@@ -388,6 +428,17 @@ default_scopes = ["*"]
         let body = expect_error(r, 401, "unauthorized").await;
         assert!(!body.to_string().contains("panicked"), "{what}: {body}");
     }
+}
+
+#[tokio::test]
+async fn a_rotated_issuer_key_is_fetched_and_unknown_kids_do_not_hammer_the_issuer() {
+    let (idp, host) = host_with_every_credential_kind().await;
+    // The host has fetched the issuer's keys: a token of its first key was accepted.
+    whoami_ok(
+        &host,
+        &sign(Algorithm::RS256, Some("rsa1"), &claims(&idp.base)),
+    )
+    .await;
 
     // Key rotation at the issuer: a new kid appears and is fetched; old tokens keep working.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -408,14 +459,21 @@ default_scopes = ["*"]
     )
     .await;
     // Unknown kids do not make the host hammer the issuer.
+    let good = claims(&idp.base);
     let before = *idp.fetches.lock().unwrap();
     for _ in 0..20 {
         let r = whoami(&host, &sign(Algorithm::RS256, Some("nope"), &good)).await;
         expect_error(r, 401, "unauthorized").await;
     }
     assert!(*idp.fetches.lock().unwrap() <= before + 2);
+}
 
-    // Host-issued OAuth2 tokens, exchanged for the database key (HTTP Basic, then form fields).
+#[tokio::test]
+async fn host_issued_oauth_tokens_are_exchanged_for_keys() {
+    let (_idp, host) = host_with_every_credential_kind().await;
+    let (id, key) = acme_database_key(&host).await;
+
+    // Exchanged for the database key, in HTTP Basic...
     let r = oauth_token(
         &host,
         &[("grant_type", "client_credentials")],
@@ -447,6 +505,7 @@ default_scopes = ["*"]
             .iter()
             .any(|k| k["kid"] == kid.as_str() && k["kty"] == "OKP")
     );
+    // ...and in form fields, narrowed to a scope.
     let r = oauth_token(
         &host,
         &[
@@ -473,8 +532,13 @@ default_scopes = ["*"]
     )
     .await;
     assert_eq!(r.status(), 200);
+}
 
-    // RFC 6749 errors.
+#[tokio::test]
+async fn the_token_endpoint_answers_rfc_6749_errors() {
+    let (_idp, host) = host_with_every_credential_kind().await;
+    let (id, key) = acme_database_key(&host).await;
+
     for (form, basic, status, error) in [
         (
             vec![("grant_type", "client_credentials")],
@@ -512,6 +576,7 @@ default_scopes = ["*"]
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"], error, "{form:?}");
     }
+    // A scope beyond the key's own.
     let (narrow_id, narrow_key) = create_key(
         &host,
         json!({"tenant": "acme", "scopes": ["plugin:hostile"]}),
@@ -528,8 +593,16 @@ default_scopes = ["*"]
     .await;
     assert_eq!(r.status(), 400);
     assert_eq!(r.json::<Value>().await.unwrap()["error"], "invalid_scope");
+}
 
-    // Revoking the key ends both the key and the tokens made from it.
+#[tokio::test]
+async fn revoking_a_key_ends_the_key_and_the_tokens_made_from_it() {
+    let (_idp, host) = host_with_every_credential_kind().await;
+    let (id, key) = acme_database_key(&host).await;
+    let access = access_token(&host, &id, &key).await;
+    whoami_ok(&host, &key).await;
+    whoami_ok(&host, &access).await;
+
     let r = admin()
         .delete(host.url(&format!("/admin/keys/{id}")))
         .send()
