@@ -8,6 +8,7 @@ mod generation;
 mod http_basics;
 mod limits;
 mod models;
+mod pipeline;
 mod reload;
 mod sandbox;
 mod scheduling;

@@ -116,11 +116,8 @@ impl wit_llm::Host for PluginState {
         let generation =
             match llm_of(&model).start(tokens, sampling, max_tokens, &self.caller, &self.plugin) {
                 Ok(generation) => Arc::new(generation),
-                Err(NnError::QueueFull { model, retry_after }) => {
-                    return Err(wasmtime::Error::new(HostAbort::QueueFull {
-                        model,
-                        retry_after,
-                    }));
+                Err(e @ NnError::QueueFull { .. }) => {
+                    return Err(wasmtime::Error::new(HostAbort::Model(e)));
                 }
                 Err(e) => return Ok(Err(wit_llm::Error::InvalidRequest(e.to_string()))),
             };

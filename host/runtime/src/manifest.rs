@@ -79,7 +79,10 @@ fn valid_ident(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-/// Plugin names become URL segments and metric labels: keep them plain.
+/// What [`valid_plugin_name`] accepts, for error messages.
+pub const PLUGIN_NAME_RULE: &str = "1-64 characters of a-z, 0-9, `-` or `_`";
+
+/// Plugin names become URL segments and metric labels: keep them plain ([`PLUGIN_NAME_RULE`]).
 pub fn valid_plugin_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -92,7 +95,7 @@ impl Manifest {
     pub fn from_wit(m: wit_manifest::PluginManifest) -> Result<Self, String> {
         if !valid_plugin_name(&m.name) {
             return Err(format!(
-                "plugin name `{}` must be 1-64 characters of a-z, 0-9, `-` or `_`",
+                "plugin name `{}` must be {PLUGIN_NAME_RULE}",
                 m.name
             ));
         }

@@ -263,27 +263,11 @@ impl inference::HostGraphExecutionContext for PluginState {
                 }
                 Ok(Ok(outputs))
             }
-            Err(NnError::QueueFull { model, retry_after }) => {
-                Err(wasmtime::Error::new(HostAbort::QueueFull {
-                    model,
-                    retry_after,
-                }))
-            }
-            Err(NnError::QueueTimeout {
-                model,
-                after,
-                retry_after,
-            }) => Err(wasmtime::Error::new(HostAbort::QueueTimeout {
-                model,
-                after,
-                retry_after,
-            })),
-            Err(NnError::Timeout { model, after }) => {
-                Err(wasmtime::Error::new(HostAbort::InferenceTimeout {
-                    model,
-                    after,
-                }))
-            }
+            Err(
+                e @ (NnError::QueueFull { .. }
+                | NnError::QueueTimeout { .. }
+                | NnError::Timeout { .. }),
+            ) => Err(wasmtime::Error::new(HostAbort::Model(e))),
             Err(NnError::InvalidInput(msg)) => {
                 self.nn_error(errors::ErrorCode::InvalidArgument, msg)
             }

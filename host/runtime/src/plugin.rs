@@ -139,19 +139,9 @@ pub enum InvokeError {
     OutOfMemory(usize),
     #[error("the plugin crashed: {0}")]
     Trap(String),
-    #[error("model `{model}` is busy: its queue is full")]
-    QueueFull {
-        model: String,
-        retry_after: Duration,
-    },
-    #[error("model `{model}` stayed busy: no compute slot within {after:?}")]
-    QueueTimeout {
-        model: String,
-        after: Duration,
-        retry_after: Duration,
-    },
-    #[error("model `{model}` did not answer within {after:?}")]
-    InferenceTimeout { model: String, after: Duration },
+    /// A model refused or gave up on the call, as the model said it.
+    #[error(transparent)]
+    Model(infergate_nn::NnError),
     #[error("{message}")]
     QuotaExceeded {
         message: String,
@@ -259,10 +249,6 @@ impl Outcome {
 }
 
 impl Plugin {
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Serves one request in a fresh instance, within the plugin's limits.
     pub async fn handle(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
         let wall = self.limits.wall_time();
@@ -448,23 +434,7 @@ impl Plugin {
         if let Some(abort) = error.downcast_ref::<HostAbort>() {
             return match abort {
                 HostAbort::CpuTimeExceeded => InvokeError::CpuTimeout,
-                HostAbort::QueueFull { model, retry_after } => InvokeError::QueueFull {
-                    model: model.clone(),
-                    retry_after: *retry_after,
-                },
-                HostAbort::QueueTimeout {
-                    model,
-                    after,
-                    retry_after,
-                } => InvokeError::QueueTimeout {
-                    model: model.clone(),
-                    after: *after,
-                    retry_after: *retry_after,
-                },
-                HostAbort::InferenceTimeout { model, after } => InvokeError::InferenceTimeout {
-                    model: model.clone(),
-                    after: *after,
-                },
+                HostAbort::Model(e) => InvokeError::Model(e.clone()),
                 HostAbort::QuotaExceeded {
                     message,
                     retry_after,

@@ -65,22 +65,10 @@ pub struct Usage {
 pub enum HostAbort {
     #[error("the plugin used more CPU time than its limit")]
     CpuTimeExceeded,
-    #[error("model `{model}` has a full queue")]
-    QueueFull {
-        model: String,
-        retry_after: std::time::Duration,
-    },
-    #[error("model `{model}` had no free compute slot within {after:?}")]
-    QueueTimeout {
-        model: String,
-        after: std::time::Duration,
-        retry_after: std::time::Duration,
-    },
-    #[error("model `{model}` did not answer within {after:?}")]
-    InferenceTimeout {
-        model: String,
-        after: std::time::Duration,
-    },
+    /// A model refused or gave up on the call (queue full, no compute slot in time, timeout):
+    /// carried through as itself, so the HTTP side maps it in one place.
+    #[error(transparent)]
+    Model(#[from] infergate_nn::NnError),
     #[error("{message}")]
     QuotaExceeded {
         message: String,

@@ -103,8 +103,8 @@ tenant = "acme"
         dir.path(),
     )
     .unwrap();
-    let auth = Auth::new(&config, None).await.unwrap();
-    auth.keys.create_tenant("acme", 1, &[]).await.unwrap();
+    let auth = Auth::new(&config.auth, None).await.unwrap();
+    auth.keys.create_tenant("acme", None, &[]).await.unwrap();
     let new = infergate::auth::admin::new_key("acme".into(), vec!["*".into()], vec![], None, None)
         .unwrap();
     let (record, db_key) = auth.keys.create_key(new).await.unwrap();

@@ -142,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         &dir,
     )?;
-    let auth = Auth::new(&config, None).await?;
+    let auth = Auth::new(&config.auth, None).await?;
     let auth = &*auth;
     print(
         "auth",

@@ -49,7 +49,7 @@ models = ["digits"]
     let config = Config::parse(&config, root).unwrap();
     let mut config = config;
     config.auth.database = Some(cache.join("auth.db").display().to_string());
-    let keys = infergate::auth::Auth::new(&config, Some(KEY))
+    let keys = infergate::auth::Auth::new(&config.auth, Some(KEY))
         .await
         .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, FromRequestParts, Path, Query, State};
 use axum::routing::{get, post, put};
 use bytes::Bytes;
 use http::StatusCode;
@@ -24,51 +24,84 @@ use http::request::Parts;
 use infergate_runtime::Limits;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
-use crate::config::{ModelConfig, PluginSettings};
+use crate::auth::operator::{Admin, AdminKey};
+use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::quota::Quotas;
+use crate::registry::Registry;
 use crate::registry::{ChangeError, Source};
+use crate::registry::{ModelConfig, PluginSettings};
 
-/// The admin credential, kept as a digest.
-pub struct AdminKey([u8; 32]);
-
-impl AdminKey {
-    pub fn new(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
-    }
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// The admin credential; else `INFERGATE_ADMIN_KEY`. Without one the admin API is off.
+    pub key: Option<String>,
+    /// Largest plugin upload accepted, in bytes.
+    pub max_upload_bytes: usize,
+    /// Earlier versions kept per plugin for rollback.
+    pub versions_kept: usize,
 }
 
-/// Extractor that admits only the admin credential.
-pub struct Admin;
-
-impl FromRequestParts<Arc<AppState>> for Admin {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, ApiError> {
-        let Some(key) = &state.admin else {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "the admin API is disabled: set INFERGATE_ADMIN_KEY or [admin] key",
-            ));
-        };
-        let presented = crate::auth::presented_key(&parts.headers)?;
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        if bool::from(digest.ct_eq(&key.0)) {
-            Ok(Admin)
-        } else {
-            Err(ApiError::unauthorized("the admin key is not valid"))
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            key: None,
+            max_upload_bytes: 64 << 20,
+            versions_kept: 5,
         }
     }
 }
 
-pub fn routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
+/// Tenant self-deploys (`PUT /tenant/plugins/{name}` with the tenant's own key): plugins land in
+/// the tenant's namespace, mounted at `/t/{tenant}/{name}`, within these limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantPluginsConfig {
+    pub enabled: bool,
+    /// Plugins one tenant may have.
+    pub max_plugins: usize,
+    pub max_upload_bytes: usize,
+    /// Highest `memory_bytes`, `cpu_ms` and `wall_ms` a tenant may ask for.
+    pub max_memory_bytes: usize,
+    pub max_cpu_ms: u64,
+    pub max_wall_ms: u64,
+    /// Models tenant plugins may be granted.
+    pub models: Vec<String>,
+}
+
+impl Default for TenantPluginsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_plugins: 3,
+            max_upload_bytes: 16 << 20,
+            max_memory_bytes: 64 << 20,
+            max_cpu_ms: 1_000,
+            max_wall_ms: 10_000,
+            models: Vec::new(),
+        }
+    }
+}
+
+/// What the admin and tenant handlers reach.
+#[derive(Clone)]
+pub struct AdminState {
+    pub registry: Arc<Registry>,
+    /// For usage reports.
+    pub quotas: Arc<Quotas>,
+    /// For tenant callers.
+    pub auth: Arc<Auth>,
+    pub tenant_plugins: Arc<TenantPluginsConfig>,
+}
+
+pub fn routes<S>(max_upload_bytes: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AdminState: FromRef<S>,
+    Arc<AdminKey>: FromRef<S>,
+{
     Router::new()
         .route("/admin/plugins", get(list_plugins))
         .route(
@@ -96,7 +129,7 @@ impl From<ChangeError> for ApiError {
     }
 }
 
-async fn list_plugins(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn list_plugins(_: Admin, State(state): State<AdminState>) -> Json<Value> {
     Json(json!({"plugins": state.registry.plugins().await}))
 }
 
@@ -144,7 +177,7 @@ impl DeployQuery {
 
 async fn put_plugin(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
@@ -171,7 +204,7 @@ async fn put_plugin(
 
 async fn delete_plugin(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.registry.remove(&name, None).await?;
@@ -180,7 +213,7 @@ async fn delete_plugin(
 
 async fn rollback(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let mounted = state.registry.rollback(&name).await?;
@@ -200,33 +233,29 @@ fn describe(m: &crate::registry::Mounted) -> Value {
 /// A tenant's usage (requests, tokens, compute seconds) and the state of its limits.
 async fn tenant_usage_admin(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(tenant): Path<String>,
 ) -> Json<Value> {
     Json(state.quotas.report(&tenant, None).await)
 }
 
 /// The caller's own usage and limits, for its tenant and its key.
-async fn tenant_usage(
-    State(state): State<Arc<AppState>>,
-    headers: http::HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let principal = state.auth.authenticate(&headers).await?;
-    Ok(Json(
+async fn tenant_usage(State(state): State<AdminState>, principal: Principal) -> Json<Value> {
+    Json(
         state
             .quotas
             .report(&principal.tenant, Some(&principal.key_id))
             .await,
-    ))
+    )
 }
 
-async fn list_models(_: Admin, State(state): State<Arc<AppState>>) -> Json<Value> {
+async fn list_models(_: Admin, State(state): State<AdminState>) -> Json<Value> {
     Json(json!({"models": state.registry.models().await}))
 }
 
 async fn put_model(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -261,7 +290,7 @@ async fn put_model(
 
 async fn delete_model(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.registry.remove_model(&name).await?;
@@ -269,17 +298,19 @@ async fn delete_model(
 }
 
 /// A caller of the tenant API: any valid API key, when tenant deploys are enabled.
-pub struct TenantCaller(crate::auth::Principal);
+pub struct TenantCaller(Principal);
 
-impl FromRequestParts<Arc<AppState>> for TenantCaller {
+impl<S> FromRequestParts<S> for TenantCaller
+where
+    S: Send + Sync,
+    AdminState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, ApiError> {
-        let principal = state.auth.authenticate(&parts.headers).await?;
-        if !state.tenant_plugins.enabled {
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        if !AdminState::from_ref(state).tenant_plugins.enabled {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
                 "forbidden",
@@ -290,7 +321,12 @@ impl FromRequestParts<Arc<AppState>> for TenantCaller {
     }
 }
 
-pub fn tenant_routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
+pub fn tenant_routes<S>(max_upload_bytes: usize) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    AdminState: FromRef<S>,
+    Arc<Auth>: FromRef<S>,
+{
     Router::new()
         .route("/tenant/usage", get(tenant_usage))
         .route("/tenant/plugins", get(tenant_list))
@@ -304,24 +340,20 @@ pub fn tenant_routes(max_upload_bytes: usize) -> Router<Arc<AppState>> {
 
 /// The registry name of a tenant's plugin: `{tenant}--{name}`.
 fn namespaced(tenant: &str, name: &str) -> Result<String, ApiError> {
-    use infergate_runtime::manifest::valid_plugin_name;
-    if !valid_plugin_name(name) || name.contains("--") || name.len() > 30 {
-        return Err(ApiError::unprocessable(
-            "plugin names are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`",
-        ));
-    }
-    if !valid_plugin_name(tenant) || tenant.contains("--") || tenant.len() > 30 {
+    use crate::registry::names::{SEGMENT_RULE, valid_segment};
+    if !valid_segment(tenant) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
             "this tenant's name cannot be used as a plugin namespace",
         ));
     }
-    Ok(format!("{tenant}--{name}"))
+    crate::registry::names::namespaced(tenant, name)
+        .ok_or_else(|| ApiError::unprocessable(format!("plugin names are {SEGMENT_RULE}")))
 }
 
 /// The tenant's plugin, or 404: other tenants' plugins do not exist for it.
-async fn owned(state: &AppState, tenant: &str, name: &str) -> Result<String, ApiError> {
+async fn owned(state: &AdminState, tenant: &str, name: &str) -> Result<String, ApiError> {
     let full = namespaced(tenant, name)?;
     if state.registry.owned_by(tenant).await.contains(&full) {
         Ok(full)
@@ -332,7 +364,7 @@ async fn owned(state: &AppState, tenant: &str, name: &str) -> Result<String, Api
 
 async fn tenant_list(
     TenantCaller(who): TenantCaller,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
 ) -> Json<Value> {
     let plugins: Vec<_> = state
         .registry
@@ -346,7 +378,7 @@ async fn tenant_list(
 
 async fn tenant_put(
     TenantCaller(who): TenantCaller,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
     query: Result<Query<DeployQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
@@ -419,7 +451,7 @@ async fn tenant_put(
 
 async fn tenant_delete(
     TenantCaller(who): TenantCaller,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let full = owned(&state, &who.tenant, &name).await?;
@@ -429,7 +461,7 @@ async fn tenant_delete(
 
 async fn tenant_rollback(
     TenantCaller(who): TenantCaller,
-    State(state): State<Arc<AppState>>,
+    State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let full = owned(&state, &who.tenant, &name).await?;

@@ -1,7 +1,7 @@
 //! The one error type of the HTTP surface, and the one JSON shape every error has:
 //! `{"error": {"code": "...", "message": "...", "request_id": "..."}}`.
 //!
-//! The request id comes from a task-local set by [`crate::http::request_id`], so any handler can
+//! The request id comes from a task-local set by the request-id layer (`pipeline::request_id`), so any handler can
 //! return an [`ApiError`] without threading the id through. Responses that leave the app as
 //! errors without this shape (from axum itself, or a plugin) are rewritten by the same middleware.
 
@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
+use infergate_nn::NnError;
 use infergate_runtime::InvokeError;
 
 tokio::task_local! {
@@ -112,17 +113,7 @@ impl From<InvokeError> for ApiError {
             InvokeError::Trap(_) => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "plugin_trap", message)
             }
-            InvokeError::QueueFull { retry_after, .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message)
-                    .retry_after(retry_after)
-            }
-            InvokeError::QueueTimeout { retry_after, .. } => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", message)
-                    .retry_after(retry_after)
-            }
-            InvokeError::InferenceTimeout { .. } => {
-                Self::new(StatusCode::GATEWAY_TIMEOUT, "inference_timeout", message)
-            }
+            InvokeError::Model(e) => Self::from(e),
             InvokeError::QuotaExceeded { retry_after, .. } => {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
                     .retry_after(retry_after)
@@ -134,6 +125,31 @@ impl From<InvokeError> for ApiError {
             ),
             InvokeError::NoResponse | InvokeError::PluginError(_) => {
                 Self::new(StatusCode::BAD_GATEWAY, "plugin_error", message)
+            }
+        }
+    }
+}
+
+/// Every way a model call fails, mapped once: busy models answer 503 with `Retry-After`, a
+/// model that gave up 504.
+impl From<NnError> for ApiError {
+    fn from(e: NnError) -> Self {
+        let message = e.to_string();
+        match e {
+            NnError::QueueFull { retry_after, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_full", message)
+                    .retry_after(retry_after)
+            }
+            NnError::QueueTimeout { retry_after, .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "queue_timeout", message)
+                    .retry_after(retry_after)
+            }
+            NnError::Timeout { .. } => {
+                Self::new(StatusCode::GATEWAY_TIMEOUT, "inference_timeout", message)
+            }
+            NnError::InvalidInput(_) => Self::bad_request(message),
+            NnError::Backend(_) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "model_error", message)
             }
         }
     }

@@ -1,21 +1,26 @@
 //! infergate: a multi-tenant HTTP host whose endpoints are sandboxed WebAssembly plugins and
 //! whose models run natively in the host.
 //!
-//! Layout (each module says in its first lines what it owns):
-//! - [`config`]: the operator's TOML configuration and the embedded default.
-//! - [`http`]: the HTTP surface — built-in endpoints, request ids, the dispatch pipeline.
-//! - [`admin`]: the operator API under `/admin` (plugins and models).
+//! Layout (each module says in its first lines what it owns). Modules only import downward:
+//! the concerns at the bottom know nothing of the state or the app that compose them.
 //! - [`error`]: the one error type and JSON error shape.
+//! - [`router`]: the pure route table built from plugin manifests.
+//! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
+//!   requests are served from, swapped atomically. Owns the model and plugin settings types.
 //! - [`auth`]: who is calling (API keys, JWTs, host-issued OAuth2 tokens), tenants, and what
 //!   each may call; the `/oauth` token endpoint and the admin API for tenants and keys.
 //! - [`quota`]: rate limits, token and compute quotas, concurrency caps; memory or Redis.
-//! - [`router`]: the pure route table built from plugin manifests.
-//! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
-//!   requests are served from, swapped atomically.
-//! - [`watch`]: the watched plugins directory.
 //! - [`telemetry`]: request and model metrics, rendered for Prometheus at `/metrics`.
 //! - [`openapi`]: the OpenAPI document derived from manifests, and the `/docs` page.
+//! - [`watch`]: the watched plugins directory.
 //! - [`builtin`]: first-party plugins compiled into the binary.
+//! - [`admin`]: the operator API under `/admin` (plugins and models) and tenant self-service.
+//! - [`pipeline`]: the request path as layers: request id, metrics, overload protection, and
+//!   the plugin handler (route, caller, authorisation, admission, the call).
+//! - [`state`]: the state every handler reaches, composed of the concerns' parts.
+//! - [`http`]: the app: the host's endpoints, the plugin routes and the layers around them.
+//! - [`config`]: the operator's TOML configuration and the embedded default; it only composes
+//!   the concerns' own config types.
 //!
 //! The sandbox itself lives in `infergate-runtime`; models and their backends in `infergate-nn`.
 //! [`run`] is the entry point: the binary only parses arguments.
@@ -27,9 +32,11 @@ pub mod config;
 pub mod error;
 pub mod http;
 pub mod openapi;
+pub mod pipeline;
 pub mod quota;
 pub mod registry;
 pub mod router;
+pub mod state;
 pub mod telemetry;
 pub mod watch;
 
@@ -43,8 +50,8 @@ use infergate_runtime::{ModelTable, Runtime, RuntimeOptions};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::http::AppState;
 use crate::registry::{Registry, Source};
+use crate::state::AppState;
 
 /// Serves `config` on `listener` until `shutdown` resolves; in-flight requests then finish.
 ///
@@ -59,24 +66,28 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
     quotas.start();
-    let state = Arc::new(AppState {
-        registry: Registry::default(),
+    let state = AppState {
+        registry: Arc::new(Registry::default()),
         auth,
-        admin: admin_key.map(|k| admin::AdminKey::new(&k)),
-        max_upload_bytes: config.admin.max_upload_bytes,
-        tenant_plugins: config.tenant_plugins.clone(),
-        metrics: telemetry::Metrics::default(),
+        admin_key: Arc::new(auth::operator::AdminKey::new(admin_key.as_deref())),
         quotas,
-    });
+        metrics: Arc::new(telemetry::Metrics::default()),
+        tenant_plugins: Arc::new(config.tenant_plugins.clone()),
+    };
+    let limits = http::AppLimits {
+        max_upload_bytes: config.admin.max_upload_bytes,
+        tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,
+    };
+    let overload = pipeline::overload::Overload::new(&config.server);
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
-    let loader_state = state.clone();
+    let registry = state.registry.clone();
     tokio::spawn(async move {
-        match start(&config, &loader_state.registry).await {
+        match start(&config, &registry).await {
             Ok(watcher) => {
-                loader_state.registry.set_ready();
+                registry.set_ready();
                 tracing::info!("ready");
                 if let Some(watcher) = watcher {
-                    tokio::spawn(watcher.run(loader_state.clone()));
+                    tokio::spawn(watcher.run(registry.clone()));
                 }
             }
             Err(e) => {
@@ -85,7 +96,8 @@ pub async fn run(
         }
     });
 
-    let app = crate::http::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = crate::http::app(state, overload, &limits)
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     tokio::select! {
         result = server => result.context("serving HTTP"),
@@ -157,4 +169,94 @@ pub fn home() -> PathBuf {
     std::env::var_os("INFERGATE_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("INFERGATE_SOURCE_ROOT")))
+}
+
+/// The crate's shape, checked: its top-level modules import one another without a circle, so
+/// they can be read (and drawn) bottom up.
+#[cfg(test)]
+mod layering {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::path::Path;
+
+    /// Top-level module → the top-level modules its files name as `crate::…`.
+    fn imports() -> BTreeMap<String, BTreeSet<String>> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut graph = BTreeMap::new();
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if matches!(name.as_str(), "lib" | "main") || name.starts_with('.') {
+                continue;
+            }
+            let files: Vec<_> = if path.is_dir() {
+                walk(&path)
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                vec![path.clone()]
+            } else {
+                continue;
+            };
+            let mut uses = BTreeSet::new();
+            for file in files {
+                let text = std::fs::read_to_string(&file).unwrap();
+                for (at, _) in text.match_indices("crate::") {
+                    let rest = &text[at + "crate::".len()..];
+                    let module: String = rest
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if module != name && !module.is_empty() {
+                        uses.insert(module);
+                    }
+                }
+            }
+            graph.insert(name, uses);
+        }
+        graph
+    }
+
+    fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                files.extend(walk(&path));
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+        files
+    }
+
+    #[test]
+    fn modules_import_without_a_circle() {
+        let graph = imports();
+        // Peel off modules whose imports are all placed already: what is left is a circle.
+        let mut placed: Vec<String> = Vec::new();
+        let mut left = graph.clone();
+        while !left.is_empty() {
+            let ready: Vec<String> = left
+                .iter()
+                .filter(|(_, uses)| {
+                    uses.iter()
+                        .all(|u| placed.contains(u) || !graph.contains_key(u))
+                })
+                .map(|(m, _)| m.clone())
+                .collect();
+            assert!(
+                !ready.is_empty(),
+                "these modules import one another in a circle: {left:#?}"
+            );
+            for m in ready {
+                left.remove(&m);
+                placed.push(m);
+            }
+        }
+        println!("bottom up: {}", placed.join(" → "));
+        let position = |m: &str| placed.iter().position(|p| p == m).unwrap();
+        // The concerns sit below the state that composes them and the app that serves them.
+        for concern in ["error", "router", "registry", "quota", "auth", "telemetry"] {
+            assert!(position(concern) < position("state"), "{concern}");
+        }
+        assert!(position("state") < position("http"));
+    }
 }

@@ -86,8 +86,9 @@ enum KeysCommand {
 enum TenantsCommand {
     Create {
         id: String,
-        #[arg(long, default_value_t = 1)]
-        priority: u32,
+        /// Weight in the models' fair queues (default: the config's, else 1).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        priority: Option<u32>,
         /// Comma-separated limit policies, e.g. `60/minute,1000/day`.
         #[arg(long, value_delimiter = ',')]
         limits: Vec<String>,
@@ -126,7 +127,7 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let auth = infergate::auth::Auth::new(&config, env_key(&config).as_deref()).await?;
+    let auth = infergate::auth::Auth::new(&config.auth, env_key(&config).as_deref()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -165,7 +166,7 @@ async fn open_db(config: Option<PathBuf>) -> anyhow::Result<infergate::auth::key
         Some(path) => Config::from_file(path)?,
         None => Config::embedded(&infergate::home())?,
     };
-    let db = infergate::auth::db::Db::open(&infergate::auth::database_url(&config)).await?;
+    let db = infergate::auth::db::Db::open(&infergate::auth::database_url(&config.auth)).await?;
     Ok(infergate::auth::keys::KeyStore::new(db))
 }
 
@@ -204,10 +205,11 @@ async fn keys(config: Option<PathBuf>, command: KeysCommand) -> anyhow::Result<(
             };
             anyhow::ensure!(
                 infergate::auth::admin::valid_tenant(&tenant),
-                "tenant ids are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`"
+                "tenant ids are {}",
+                infergate::registry::names::SEGMENT_RULE
             );
             if store.tenant(&tenant).await?.is_none() {
-                store.create_tenant(&tenant, 1, &[]).await?;
+                store.create_tenant(&tenant, None, &[]).await?;
                 eprintln!("created tenant `{tenant}`");
             }
             let new = infergate::auth::admin::new_key(
@@ -250,7 +252,8 @@ async fn tenants(config: Option<PathBuf>, command: TenantsCommand) -> anyhow::Re
         } => {
             anyhow::ensure!(
                 infergate::auth::admin::valid_tenant(&id),
-                "tenant ids are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`"
+                "tenant ids are {}",
+                infergate::registry::names::SEGMENT_RULE
             );
             infergate::auth::admin::validate_limits(&limits).map_err(anyhow::Error::msg)?;
             let t = store.create_tenant(&id, priority, &limits).await?;

@@ -1,9 +1,9 @@
-//! Metrics: requests to plugin routes (count and latency to the response head, by plugin, route
-//! and status; refusals by limits show as 429s), the models' queues and compute time (a total
+//! Metrics: every request (count and latency to the response head, by plugin, route and status;
+//! refusals show with their status, early ones with empty labels), the models' queues and compute time (a total
 //! and recent percentiles), language models' generations (time to first token and between
 //! tokens, OpenTelemetry `gen_ai` names; tokens by tenant, plugin and model), and limit store
 //! errors, rendered as Prometheus text at `/metrics`.
-//! Recorded once per request by [`crate::http`]; nothing else writes here.
+//! Requests are recorded once each by the metrics layer (the metrics layer (`pipeline::metrics`)).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -11,10 +11,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use http::StatusCode;
-use infergate_nn::RECENT_COMPUTES;
 use infergate_nn::llm::LlmStats;
+use infergate_nn::{ModelStats, RECENT_COMPUTES};
 
-use crate::registry::{ModelInfo, Mounted};
+use crate::registry::ModelInfo;
 
 /// Upper bounds of the latency histogram, in seconds.
 const BUCKETS: [f64; 12] = [
@@ -35,18 +35,13 @@ struct Histogram {
 }
 
 impl Metrics {
-    pub fn record(&self, mounted: &Mounted, route: usize, status: StatusCode, took: Duration) {
-        let route = mounted
-            .plugin
-            .manifest
-            .routes
-            .get(route)
-            .map(|r| format!("{} {}", r.method, r.path.raw))
-            .unwrap_or_default();
+    /// One answered request: `plugin` and `route` ("METHOD /template") as resolved, empty when
+    /// the request was refused before a route was known (not found, overloaded, not ready).
+    pub fn record(&self, plugin: &str, route: &str, status: StatusCode, took: Duration) {
         let seconds = took.as_secs_f64();
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let h = requests
-            .entry((mounted.name.clone(), route, status.as_u16()))
+            .entry((plugin.to_string(), route.to_string(), status.as_u16()))
             .or_default();
         for (bucket, le) in h.buckets.iter_mut().zip(BUCKETS) {
             if seconds <= le {
@@ -59,7 +54,7 @@ impl Metrics {
 
     pub fn render(&self, models: &[ModelInfo], limit_store_errors: u64) -> String {
         let mut out = String::new();
-        out.push_str("# HELP infergate_request_duration_seconds Plugin route requests: time to the response head.\n");
+        out.push_str("# HELP infergate_request_duration_seconds Requests by plugin, route and status: time to the response head.\n");
         out.push_str("# TYPE infergate_request_duration_seconds histogram\n");
         let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         for ((plugin, route, status), h) in requests.iter() {
@@ -91,37 +86,65 @@ impl Metrics {
             );
         }
         drop(requests);
-        let series: [(&str, &str, &str); 8] = [
-            ("queued", "gauge", "Inferences waiting for a slot."),
-            ("running", "gauge", "Inferences running."),
-            ("completed", "counter", "Inferences the backend finished."),
-            ("failed", "counter", "Inferences the backend failed."),
+        let series: [(&str, &str, &str, fn(&ModelStats) -> f64); 8] = [
             (
-                "rejected",
+                "infergate_model_queued",
+                "gauge",
+                "Inferences waiting for a slot.",
+                |s| s.queued as f64,
+            ),
+            (
+                "infergate_model_running",
+                "gauge",
+                "Inferences running.",
+                |s| s.running as f64,
+            ),
+            (
+                "infergate_model_completed_total",
+                "counter",
+                "Inferences the backend finished.",
+                |s| s.completed as f64,
+            ),
+            (
+                "infergate_model_failed_total",
+                "counter",
+                "Inferences the backend failed.",
+                |s| s.failed as f64,
+            ),
+            (
+                "infergate_model_rejected_total",
                 "counter",
                 "Inferences refused because the queue was full.",
+                |s| s.rejected as f64,
             ),
             (
-                "timed_out",
+                "infergate_model_timed_out_total",
                 "counter",
                 "Inferences given up at the model's timeout.",
+                |s| s.timed_out as f64,
             ),
-            ("busy_seconds_total", "counter", "Seconds of compute."),
             (
-                "batched",
+                "infergate_model_busy_seconds_total",
+                "counter",
+                "Seconds of compute.",
+                |s| s.busy_seconds_total,
+            ),
+            (
+                "infergate_model_batched_total",
                 "counter",
                 "Inferences that ran batched with others (a batch is one completed).",
+                |s| s.batched as f64,
             ),
         ];
-        for (stat, kind, help) in series {
-            let name = match stat {
-                "queued" | "running" | "busy_seconds_total" => format!("infergate_model_{stat}"),
-                _ => format!("infergate_model_{stat}_total"),
-            };
+        for (name, kind, help, get) in series {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
             for m in models {
-                let value = m.stats.get(stat).and_then(|v| v.as_f64()).unwrap_or(0.0);
-                let _ = writeln!(out, "{name}{{model=\"{}\"}} {value}", escape(&m.name));
+                let _ = writeln!(
+                    out,
+                    "{name}{{model=\"{}\"}} {}",
+                    escape(&m.name),
+                    get(&m.stats)
+                );
             }
         }
         let _ = writeln!(
@@ -130,24 +153,22 @@ impl Metrics {
              # TYPE infergate_model_compute_seconds summary"
         );
         for m in models {
-            let stat = |name: &str| m.stats.get(name).and_then(|v| v.as_f64()).unwrap_or(0.0);
-            let model = escape(&m.name);
-            for (quantile, stat_name) in [
-                ("0.5", "compute_p50_seconds"),
-                ("0.99", "compute_p99_seconds"),
+            let (s, model) = (&m.stats, escape(&m.name));
+            for (quantile, value) in [
+                ("0.5", s.compute_p50_seconds),
+                ("0.99", s.compute_p99_seconds),
             ] {
                 let _ = writeln!(
                     out,
-                    "infergate_model_compute_seconds{{model=\"{model}\",quantile=\"{quantile}\"}} {}",
-                    stat(stat_name)
+                    "infergate_model_compute_seconds{{model=\"{model}\",quantile=\"{quantile}\"}} {value}"
                 );
             }
             let _ = writeln!(
                 out,
                 "infergate_model_compute_seconds_sum{{model=\"{model}\"}} {}\n\
                  infergate_model_compute_seconds_count{{model=\"{model}\"}} {}",
-                stat("busy_seconds_total"),
-                stat("completed") + stat("failed")
+                s.busy_seconds_total,
+                s.completed + s.failed
             );
         }
         render_generation(&mut out, models);
@@ -238,7 +259,7 @@ fn render_generation(out: &mut String, models: &[ModelInfo]) {
             );
         }
     }
-    let gauges: [(&str, &str, &str, fn(&LlmStats) -> f64); 4] = [
+    let gauges: [(&str, &str, &str, fn(&LlmStats) -> f64); 5] = [
         (
             "infergate_llm_sequences_active",
             "gauge",
@@ -256,6 +277,12 @@ fn render_generation(out: &mut String, models: &[ModelInfo]) {
             "counter",
             "Tokens decoded for a generation after its reader had gone (at most the one in flight per cancel).",
             |s| s.decoded_after_cancel as f64,
+        ),
+        (
+            "infergate_llm_prompt_tokens_cached_total",
+            "counter",
+            "Prompt tokens found in the prompt cache (the same tenant's earlier prefix), not prefilled again.",
+            |s| s.prompt_tokens_cached as f64,
         ),
         (
             "infergate_llm_busy_seconds_total",

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use crate::config::PluginSettings;
-use crate::registry::{Registry, Source};
+use crate::registry::{PluginSettings, Registry, Source};
 
 /// How often the directory is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -42,11 +41,11 @@ impl Watcher {
     }
 
     /// Polls forever.
-    pub async fn run(mut self, registry: Arc<crate::http::AppState>) {
+    pub async fn run(mut self, registry: Arc<Registry>) {
         tracing::info!(dir = %self.dir.display(), "watching the plugins directory");
         loop {
             tokio::time::sleep(POLL).await;
-            self.scan(&registry.registry, true).await;
+            self.scan(&registry, true).await;
         }
     }
 

@@ -11,7 +11,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
 use bytes::Bytes;
@@ -20,13 +20,18 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
+use super::Auth;
 use super::keys::{NewKey, Tenant};
+use super::operator::{Admin, AdminKey};
 use super::{now_s, valid_scope};
-use crate::admin::Admin;
 use crate::error::ApiError;
-use crate::http::AppState;
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Auth>: FromRef<S>,
+    Arc<AdminKey>: FromRef<S>,
+{
     Router::new()
         .route("/admin/tenants", get(list_tenants).post(create_tenant))
         .route("/admin/tenants/{id}", delete(delete_tenant))
@@ -34,10 +39,9 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/admin/keys/{id}", delete(revoke_key))
 }
 
-/// A tenant id: 1-30 characters of a-z, 0-9, `-` or `_`, without `--` (it names the tenant's
-/// plugin namespace).
+/// A tenant id: it names the tenant's plugin namespace (see [`crate::registry::names`]).
 pub fn valid_tenant(id: &str) -> bool {
-    infergate_runtime::manifest::valid_plugin_name(id) && id.len() <= 30 && !id.contains("--")
+    crate::registry::names::valid_segment(id)
 }
 
 /// Checks limit policy strings: non-empty, at most 64 characters.
@@ -59,14 +63,10 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
 #[serde(deny_unknown_fields)]
 struct NewTenant {
     id: String,
-    #[serde(default = "one")]
-    priority: u32,
+    /// Default: the config's priority for the tenant, else 1.
+    priority: Option<u32>,
     #[serde(default)]
     limits: Vec<String>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 fn tenant_json(t: &Tenant) -> Value {
@@ -75,29 +75,29 @@ fn tenant_json(t: &Tenant) -> Value {
 
 async fn create_tenant(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(auth): State<Arc<Auth>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let new: NewTenant = json_body(&body)?;
     if !valid_tenant(&new.id) {
-        return Err(ApiError::unprocessable(
-            "tenant ids are 1-30 characters of a-z, 0-9, `-` or `_`, without `--`",
-        ));
+        return Err(ApiError::unprocessable(format!(
+            "tenant ids are {}",
+            crate::registry::names::SEGMENT_RULE
+        )));
     }
     validate_limits(&new.limits).map_err(ApiError::unprocessable)?;
-    let t = state
-        .auth
+    if new.priority == Some(0) {
+        return Err(ApiError::unprocessable("priority must be at least 1"));
+    }
+    let t = auth
         .keys
         .create_tenant(&new.id, new.priority, &new.limits)
         .await?;
     Ok((StatusCode::CREATED, Json(tenant_json(&t))))
 }
 
-async fn list_tenants(
-    _: Admin,
-    State(state): State<Arc<AppState>>,
-) -> Result<Json<Value>, ApiError> {
-    let tenants = state.auth.keys.tenants().await?;
+async fn list_tenants(_: Admin, State(auth): State<Arc<Auth>>) -> Result<Json<Value>, ApiError> {
+    let tenants = auth.keys.tenants().await?;
     Ok(Json(
         json!({"tenants": tenants.iter().map(tenant_json).collect::<Vec<_>>()}),
     ))
@@ -105,10 +105,10 @@ async fn list_tenants(
 
 async fn delete_tenant(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(auth): State<Arc<Auth>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.keys.delete_tenant(&id).await?;
+    auth.keys.delete_tenant(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -156,7 +156,7 @@ pub fn new_key(
 
 async fn create_key(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(auth): State<Arc<Auth>>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateKey = json_body(&body)?;
@@ -171,7 +171,7 @@ async fn create_key(
     };
     let new = new_key(req.tenant, req.scopes, req.limits, req.name, expires_at)
         .map_err(ApiError::unprocessable)?;
-    let (record, key) = state.auth.keys.create_key(new).await?;
+    let (record, key) = auth.keys.create_key(new).await?;
     let mut out = serde_json::to_value(&record).unwrap_or_default();
     out["key"] = Value::String(key);
     Ok((StatusCode::CREATED, Json(out)))
@@ -185,19 +185,19 @@ struct KeysQuery {
 
 async fn list_keys(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(auth): State<Arc<Auth>>,
     query: Result<Query<KeysQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    let keys = state.auth.keys.keys(q.tenant.as_deref()).await?;
+    let keys = auth.keys.keys(q.tenant.as_deref()).await?;
     Ok(Json(json!({"keys": keys})))
 }
 
 async fn revoke_key(
     _: Admin,
-    State(state): State<Arc<AppState>>,
+    State(auth): State<Arc<Auth>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.keys.revoke(&id).await?;
+    auth.keys.revoke(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

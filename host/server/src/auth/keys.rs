@@ -25,7 +25,8 @@ pub const CACHE_TTL: Duration = Duration::from_millis(500);
 #[derive(Clone, Debug, Serialize)]
 pub struct Tenant {
     pub id: String,
-    pub priority: u32,
+    /// Its weight in the models' fair queues; `None`: the config's, else 1. Stored as 0.
+    pub priority: Option<u32>,
     pub limits: Vec<String>,
     pub created_at: i64,
 }
@@ -45,7 +46,7 @@ pub struct KeyRecord {
     pub digest: [u8; 32],
     /// The tenant's priority and limits, joined in.
     #[serde(skip)]
-    pub tenant_priority: u32,
+    pub tenant_priority: Option<u32>,
     #[serde(skip)]
     pub tenant_limits: Vec<String>,
 }
@@ -150,7 +151,7 @@ fn key_row(row: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
         digest: d,
         tenant_priority: row
             .try_get::<Option<i64>, _>("priority")?
-            .map_or(1, |p| p.clamp(0, u32::MAX as i64) as u32),
+            .and_then(stored_priority),
         tenant_limits: row
             .try_get::<Option<String>, _>("tenant_limits")?
             .map(|t| list(&t))
@@ -158,10 +159,15 @@ fn key_row(row: &AnyRow) -> Result<KeyRecord, sqlx::Error> {
     })
 }
 
+/// A priority column: 0 means none was given.
+fn stored_priority(p: i64) -> Option<u32> {
+    (p > 0).then(|| p.min(u32::MAX as i64) as u32)
+}
+
 fn tenant_row(row: &AnyRow) -> Result<Tenant, sqlx::Error> {
     Ok(Tenant {
         id: row.try_get("id")?,
-        priority: row.try_get::<i64, _>("priority")?.clamp(0, u32::MAX as i64) as u32,
+        priority: stored_priority(row.try_get::<i64, _>("priority")?),
         limits: list(&row.try_get::<String, _>("limits")?),
         created_at: row.try_get("created_at")?,
     })
@@ -227,7 +233,7 @@ impl KeyStore {
     pub async fn create_tenant(
         &self,
         id: &str,
-        priority: u32,
+        priority: Option<u32>,
         limits: &[String],
     ) -> Result<Tenant, StoreError> {
         let tenant = Tenant {
@@ -240,7 +246,7 @@ impl KeyStore {
             "INSERT INTO ig_tenants (id, priority, limits, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
         )
         .bind(id)
-        .bind(priority as i64)
+        .bind(priority.map_or(0, i64::from))
         .bind(json(limits))
         .bind(tenant.created_at)
         .execute(&self.db.pool)
@@ -320,7 +326,7 @@ impl KeyStore {
             expires_at: new.expires_at,
             revoked_at: None,
             digest,
-            tenant_priority: tenant.as_ref().map_or(1, |t| t.priority),
+            tenant_priority: tenant.as_ref().and_then(|t| t.priority),
             tenant_limits: tenant.map(|t| t.limits.clone()).unwrap_or_default(),
         };
         Ok((record, key))
@@ -391,11 +397,11 @@ mod tests {
             .await,
             Err(StoreError::NotFound(_))
         ));
-        s.create_tenant("acme", 3, &["10/minute".into()])
+        s.create_tenant("acme", Some(3), &["10/minute".into()])
             .await
             .unwrap();
         assert!(matches!(
-            s.create_tenant("acme", 1, &[]).await,
+            s.create_tenant("acme", None, &[]).await,
             Err(StoreError::Conflict(_))
         ));
         let (rec, key) = s
@@ -415,7 +421,7 @@ mod tests {
         assert_eq!(
             (p.priority, p.tenant_limits.clone(), p.limits.clone()),
             (
-                3,
+                Some(3),
                 vec!["10/minute".to_string()],
                 vec!["5/second".to_string()]
             )

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{FromRef, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
@@ -32,9 +32,8 @@ use sqlx::Row;
 use tokio::sync::{Mutex, RwLock};
 
 use super::db::Db;
-use super::{b64url, now_s, valid_scope};
+use super::{Auth, b64url, now_s, valid_scope};
 use crate::error::ApiError;
-use crate::http::AppState;
 
 /// `[auth.oauth]`.
 #[derive(Clone, Debug, Deserialize)]
@@ -316,14 +315,18 @@ impl TokenIssuer {
     }
 }
 
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Arc<Auth>: FromRef<S>,
+{
     Router::new()
         .route("/oauth/token", post(token))
         .route("/.well-known/jwks.json", get(jwks))
 }
 
-async fn jwks(State(state): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let doc = state.auth.oauth.jwks().await.map_err(|e| {
+async fn jwks(State(auth): State<Arc<Auth>>) -> Result<Response, ApiError> {
+    let doc = auth.oauth.jwks().await.map_err(|e| {
         tracing::error!(error = %e, "publishing the JWKS");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -389,9 +392,9 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Result<Option<&'a str>
     Ok(first)
 }
 
-async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn token(State(auth): State<Arc<Auth>>, headers: HeaderMap, body: Bytes) -> Response {
     use StatusCode as S;
-    if !state.auth.oauth.config.enabled {
+    if !auth.oauth.config.enabled {
         return oauth_error(
             S::BAD_REQUEST,
             "unsupported_grant_type",
@@ -488,7 +491,7 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             used_basic,
         );
     }
-    let principal = match state.auth.client(&client_id, &secret).await {
+    let principal = match auth.client(&client_id, &secret).await {
         Some(p) => p,
         None => {
             return oauth_error(
@@ -515,8 +518,7 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             asked
         }
     };
-    let issued = state
-        .auth
+    let issued = auth
         .oauth
         .issue(&principal.tenant, &principal.key_id, &scopes)
         .await;
@@ -529,7 +531,7 @@ async fn token(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
             axum::Json(json!({
                 "access_token": token,
                 "token_type": "Bearer",
-                "expires_in": state.auth.oauth.token_ttl_s(),
+                "expires_in": auth.oauth.token_ttl_s(),
                 "scope": scopes.join(" "),
             })),
         )

@@ -5,6 +5,8 @@
 //! - [`gcra`]: the one algorithm, exact, as a pure function.
 //! - [`memory`] and [`redis`]: the two stores (one machine; several instances).
 //! - [`client_ip`]: the client address behind trusted proxies.
+//! - `rule`: where a limit applies; `admission`: a request let in or refused; `config`:
+//!   `[limits]`.
 //!
 //! A request's limits come from the config's `[[limits.rules]]` (matched by tenant, plugin and
 //! route, counted per key, tenant, IP, plugin, route or globally), the config's per-tenant
@@ -14,11 +16,18 @@
 //! charged when its plugin instance is gone, so an overdraft blocks the next requests until it
 //! is paid back.
 
+mod admission;
 pub mod client_ip;
+mod config;
 pub mod gcra;
 pub mod memory;
 pub mod policy;
 pub mod redis;
+mod rule;
+
+pub use admission::{Admission, Refusal};
+pub use config::{FailPolicy, LimitsConfig, RuleConfig, StoreKind, TenantLimitsConfig};
+pub use rule::{Dimension, Rule, Subject};
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -26,114 +35,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, HeaderValue, StatusCode};
-use infergate_runtime::{BudgetRefused, TokenBudget, Usage, UsageSink};
 use serde::Serialize;
 
-use crate::config::{FailPolicy, LimitsConfig, StoreKind};
 use crate::error::ApiError;
 use gcra::Decision;
 use policy::{Metered, Policy};
-
-/// What a limit is counted per: each distinct value gets its own budget.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Dimension {
-    Key,
-    Tenant,
-    Ip,
-    Plugin,
-    Route,
-    Global,
-}
-
-/// One limit and where it applies.
-#[derive(Clone, Debug)]
-pub struct Rule {
-    pub policy: Policy,
-    pub per: Vec<Dimension>,
-    pub tenant: Option<String>,
-    pub plugin: Option<String>,
-    pub route: Option<String>,
-    /// Where it was declared, for people: `limits.rules[2]`, `key k1`, `tenant acme`.
-    pub source: String,
-    /// The prefix of its store keys.
-    id: String,
-}
-
-impl Rule {
-    pub fn new(
-        policy: Policy,
-        per: Vec<Dimension>,
-        filters: [Option<String>; 3],
-        source: String,
-        prefix: &str,
-    ) -> Rule {
-        let [tenant, plugin, route] = filters;
-        let per_text: Vec<String> = per
-            .iter()
-            .map(|d| format!("{d:?}").to_lowercase())
-            .collect();
-        let id = format!(
-            "{prefix}:l:{policy}\x1f{}\x1f{}\x1f{}\x1f{}",
-            per_text.join(","),
-            tenant.as_deref().unwrap_or(""),
-            plugin.as_deref().unwrap_or(""),
-            route.as_deref().unwrap_or("")
-        );
-        Rule {
-            policy,
-            per,
-            tenant,
-            plugin,
-            route,
-            source,
-            id,
-        }
-    }
-
-    fn applies(&self, s: &Subject) -> bool {
-        self.tenant.as_deref().is_none_or(|t| t == s.tenant)
-            && self.plugin.as_deref().is_none_or(|p| p == s.plugin)
-            && self.route.as_deref().is_none_or(|r| r == s.route)
-    }
-
-    fn key(&self, s: &Subject) -> String {
-        let mut key = self.id.clone();
-        for d in &self.per {
-            key.push('\x1f');
-            match d {
-                Dimension::Key => key.push_str(s.key_id),
-                Dimension::Tenant => key.push_str(s.tenant),
-                Dimension::Ip => key.push_str(&s.ip.to_string()),
-                Dimension::Plugin => key.push_str(s.plugin),
-                Dimension::Route => {
-                    key.push_str(s.plugin);
-                    key.push(' ');
-                    key.push_str(s.route);
-                }
-                Dimension::Global => {}
-            }
-        }
-        key
-    }
-}
-
-/// Who asks for what, as far as limits care.
-pub struct Subject<'a> {
-    pub tenant: &'a str,
-    pub key_id: &'a str,
-    pub ip: IpAddr,
-    pub plugin: &'a str,
-    /// The route template, as the plugin's manifest declares it.
-    pub route: &'a str,
-    /// Limits stored with the caller's key and tenant.
-    pub key_limits: &'a [String],
-    pub tenant_limits: &'a [String],
-    /// Unique per request: names its concurrency leases.
-    pub request_id: &'a str,
-    /// The longest the request can run: bounds its concurrency lease in a shared store.
-    pub lease: Duration,
-}
 
 /// One question to a store.
 #[derive(Clone, Debug)]
@@ -339,6 +245,13 @@ impl Quotas {
         client_ip::client_ip(peer, headers, &self.trusted_proxies)
     }
 
+    /// Whether a rule names the host endpoint `route` (a template as the host routes it).
+    pub fn limits_host_route(&self, route: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|r| r.plugin.is_none() && r.route.as_deref() == Some(route))
+    }
+
     /// The tenant's weight in the models' fair queues: its stored priority, else the config's,
     /// else 1.
     pub fn priority(&self, tenant: &str, stored: Option<u32>) -> u32 {
@@ -358,6 +271,9 @@ impl Quotas {
             .filter(|r| r.applies(s))
             .map(Cow::Borrowed)
             .collect();
+        if s.plugin.is_empty() {
+            return rules;
+        }
         if let Some((list, _)) = self.tenants.get(s.tenant) {
             rules.extend(list.iter().map(Cow::Borrowed));
         }
@@ -607,188 +523,6 @@ impl Quotas {
             out["key"] = serde_json::json!({"id": k, "usage": shown(u)});
         }
         out
-    }
-}
-
-/// A refused request: the error and the `RateLimit-*` headers to send with it.
-pub struct Refusal {
-    pub error: ApiError,
-    pub headers: HeaderMap,
-}
-
-/// A request let in. Its concurrency places are given back when it is dropped; [`settle`]
-/// charges what the request used.
-///
-/// [`settle`]: Admission::settle
-pub struct Admission {
-    store: Arc<Store>,
-    member: String,
-    leases: Vec<String>,
-    debits: Vec<(Metered, Debit)>,
-    accounts: Vec<String>,
-    /// `RateLimit-*` headers for the response.
-    pub headers: HeaderMap,
-}
-
-impl Admission {
-    /// Whether settling must finish before the response is sent for the next request to see
-    /// it: true when a budget of tokens or compute time applies.
-    pub fn has_budgets(&self) -> bool {
-        !self.debits.is_empty()
-    }
-
-    /// A budget the runtime charges before each generation, when a token budget applies: it
-    /// takes prompt plus `max_tokens` from every token budget of the request at once (all or
-    /// nothing), so an answer that could overdraw a budget is refused before decoding.
-    /// [`Admission::settle`] then charges the difference to what was really used.
-    pub fn token_budget(&self) -> Option<Arc<dyn TokenBudget>> {
-        let limits: Vec<Debit> = self
-            .debits
-            .iter()
-            .filter(|(metered, _)| *metered == Metered::Tokens)
-            .map(|(_, d)| d.clone())
-            .collect();
-        if limits.is_empty() {
-            return None;
-        }
-        Some(Arc::new(TokenReservations {
-            store: self.store.clone(),
-            limits,
-            member: self.member.clone(),
-        }))
-    }
-
-    /// Charges `usage` to the request's budgets and usage accounts, then says so on `done`.
-    /// In memory that happens at once; with Redis, on a task of its own. Tokens reserved before
-    /// generating were charged then: only the difference is (a negative one gives back).
-    fn settle(mut self, usage: Usage, done: tokio::sync::oneshot::Sender<()>) {
-        let debits: Vec<Debit> = std::mem::take(&mut self.debits)
-            .into_iter()
-            .filter_map(|(metered, mut d)| {
-                d.cost = match metered {
-                    Metered::Tokens => {
-                        (usage.tokens_in + usage.tokens_out) as f64 - usage.tokens_reserved as f64
-                    }
-                    Metered::ComputeSeconds => usage.compute_seconds,
-                    Metered::Requests => return None,
-                };
-                (d.cost != 0.0).then_some(d)
-            })
-            .collect();
-        let accounts = std::mem::take(&mut self.accounts);
-        let totals = UsageTotals {
-            requests: 1,
-            tokens_in: usage.tokens_in,
-            tokens_out: usage.tokens_out,
-            compute_seconds: usage.compute_seconds,
-        };
-        match &*self.store {
-            Store::Memory(m) => {
-                m.debit(&debits, Some((&accounts, totals)));
-                drop(self);
-                let _ = done.send(());
-            }
-            Store::Redis(_) => {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return;
-                };
-                let store = self.store.clone();
-                runtime.spawn(async move {
-                    if let Err(e) = store.debit(&debits, Some((&accounts, totals))).await {
-                        tracing::warn!("usage not recorded: {e}");
-                    }
-                    drop(self);
-                    let _ = done.send(());
-                });
-            }
-        }
-    }
-
-    /// A sink for the plugin runtime, which calls it with the request's usage once the plugin
-    /// instance is gone; the receiver says when the usage is charged.
-    pub fn into_sink(self) -> (UsageSink, tokio::sync::oneshot::Receiver<()>) {
-        let (done, receiver) = tokio::sync::oneshot::channel();
-        let sink: UsageSink = Box::new(move |usage| self.settle(usage, done));
-        (sink, receiver)
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        if self.leases.is_empty() {
-            return;
-        }
-        let leases = std::mem::take(&mut self.leases);
-        match &*self.store {
-            Store::Memory(m) => m.release(&leases),
-            Store::Redis(_) => {
-                let store = self.store.clone();
-                let member = std::mem::take(&mut self.member);
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        if let Store::Redis(r) = &*store
-                            && let Err(e) = r.release(&leases, &member).await
-                        {
-                            tracing::warn!("concurrency places not released (they expire): {e}");
-                        }
-                    });
-                }
-            }
-        }
-    }
-}
-
-/// The token budgets of one request, charged before a generation (see
-/// [`Admission::token_budget`]).
-struct TokenReservations {
-    store: Arc<Store>,
-    limits: Vec<Debit>,
-    member: String,
-}
-
-impl TokenBudget for TokenReservations {
-    fn reserve(
-        &self,
-        tokens: u64,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BudgetRefused>> + Send + '_>>
-    {
-        Box::pin(async move {
-            let checks: Vec<Check> = self
-                .limits
-                .iter()
-                .map(|d| Check {
-                    key: d.key.clone(),
-                    kind: CheckKind::Charge {
-                        amount: d.amount,
-                        period: d.period,
-                        cost: tokens as f64,
-                    },
-                })
-                .collect();
-            let decisions = match self.store.check(&checks, &self.member).await {
-                Ok(decisions) => decisions,
-                Err(e) => {
-                    // The request was let in by the same store's policy; keep to what it said.
-                    tracing::warn!("token budget not checked before generating: {e}");
-                    return Ok(());
-                }
-            };
-            match decisions
-                .iter()
-                .zip(&self.limits)
-                .filter(|(d, _)| !d.allowed)
-                .max_by(|a, b| a.0.retry_after.total_cmp(&b.0.retry_after))
-            {
-                None => Ok(()),
-                Some((decision, limit)) => Err(BudgetRefused {
-                    message: format!(
-                        "token quota {}/{}s: this generation needs up to {tokens} tokens (prompt plus max_tokens), {} are left",
-                        limit.amount, limit.period, decision.remaining
-                    ),
-                    retry_after: Duration::from_secs_f64(decision.retry_after.max(0.0)),
-                }),
-            }
-        })
     }
 }
 

@@ -8,6 +8,11 @@
 //! manifest parses, its routes do not collide, its models are granted and loaded) and only then
 //! published. A change that fails leaves the previous snapshot serving.
 
+mod config;
+pub mod names;
+
+pub use config::{BatchingConfig, ModelConfig, PluginSettings};
+
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,11 +20,9 @@ use std::time::SystemTime;
 
 use arc_swap::ArcSwapOption;
 use infergate_nn::{BackendOptions, Models};
-use infergate_runtime::manifest::valid_plugin_name;
 use infergate_runtime::{ModelTable, Plugin, PluginSpec, Runtime};
 use serde::Serialize;
 
-use crate::config::{ModelConfig, PluginSettings};
 use crate::router::{Router, Target};
 
 /// How a plugin came in.
@@ -95,7 +98,8 @@ pub struct ModelInfo {
     pub queue_depth: usize,
     pub timeout_ms: u64,
     pub queue_timeout_ms: u64,
-    pub stats: serde_json::Value,
+    /// The scheduler's counters (graph models).
+    pub stats: infergate_nn::ModelStats,
     /// A language model's generation counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<infergate_nn::llm::LlmStats>,
@@ -169,9 +173,10 @@ impl Registry {
         source: Source,
         owner: Option<&str>,
     ) -> Result<Arc<Mounted>, ChangeError> {
-        if !valid_plugin_name(name) {
+        if !names::valid_plugin_name(name) {
             return Err(ChangeError::Invalid(format!(
-                "plugin name `{name}` must be 1-64 characters of a-z, 0-9, `-` or `_`"
+                "plugin name `{name}` must be {}",
+                names::PLUGIN_NAME_RULE
             )));
         }
         settings
@@ -442,7 +447,6 @@ impl Registry {
             .into_iter()
             .map(|(name, m)| {
                 let spec = m.spec();
-                let stats = m.stats();
                 ModelInfo {
                     name,
                     path: spec.path.display().to_string(),
@@ -451,18 +455,7 @@ impl Registry {
                     queue_depth: spec.queue_depth,
                     timeout_ms: spec.timeout.as_millis() as u64,
                     queue_timeout_ms: spec.queue_timeout.as_millis() as u64,
-                    stats: serde_json::json!({
-                        "queued": stats.queued,
-                        "running": stats.running,
-                        "completed": stats.completed,
-                        "failed": stats.failed,
-                        "rejected": stats.rejected,
-                        "timed_out": stats.timed_out,
-                        "busy_seconds_total": stats.busy_seconds_total,
-                        "batched": stats.batched,
-                        "compute_p50_seconds": stats.compute_p50_seconds,
-                        "compute_p99_seconds": stats.compute_p99_seconds,
-                    }),
+                    stats: m.stats(),
                     generation: m.llm().map(|llm| llm.stats()),
                 }
             })

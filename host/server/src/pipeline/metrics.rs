@@ -1,0 +1,39 @@
+//! The metrics layer: records every answer once, with the route it was resolved to (a
+//! [`RouteLabel`] on the response) or empty labels when it was refused before that.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::RouteLabel;
+use crate::telemetry::Metrics;
+
+pub async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let (plugin, route) = match response.extensions().get::<RouteLabel>() {
+        Some(label) => (&*label.plugin, &*label.route),
+        None => ("", ""),
+    };
+    metrics.record(plugin, route, response.status(), started.elapsed());
+    response
+}
+
+/// For the host's own routes: labels the answer with the route template axum matched.
+pub async fn label_host_route(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| Arc::<str>::from(format!("{} {}", request.method(), p.as_str())));
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteLabel {
+            plugin: Arc::from(""),
+            route,
+        });
+    }
+    response
+}

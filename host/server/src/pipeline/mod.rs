@@ -1,0 +1,31 @@
+//! The request path, as layers around small handlers. Outermost first, every request passes:
+//!
+//! 1. [`request_id`]: an id per request (the client's `X-Request-Id` when sane), echoed on the
+//!    response; any error answer that is not JSON gets the one error shape.
+//! 2. [`metrics`]: every answer counted by plugin, route and status, early refusals included.
+//! 3. [`overload`]: a global in-flight limit (beyond it, 503 `overloaded` with `Retry-After`,
+//!    at once: load is shed, not queued) and a request timeout. Health, readiness and metrics
+//!    are exempt, so probes answer under overload.
+//! 4. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
+//!    the quota rules that name them), and every other path to [`plugin::serve`], whose
+//!    extractors read top to bottom: the route ([`plugin::Resolved`], 404/405), the caller
+//!    ([`crate::auth::Principal`], 401), authorisation (404 for a plugin it may not see, 403 for
+//!    scopes), admission (quotas, 429), then the body, its schema and the plugin call.
+//!
+//! `http::app` stacks them.
+
+pub mod admission;
+pub mod metrics;
+pub mod overload;
+pub mod plugin;
+pub mod request_id;
+
+/// What the metrics layer labels an answer with; set on the response by whoever resolved the
+/// route. Absent: the request was refused before any route was known.
+#[derive(Clone, Debug)]
+pub struct RouteLabel {
+    /// The plugin's registry name; empty for the host's own endpoints.
+    pub plugin: std::sync::Arc<str>,
+    /// `METHOD /template`, as the manifest (or the host's router) declares it.
+    pub route: std::sync::Arc<str>,
+}

@@ -1,0 +1,138 @@
+//! Overload protection (`[server]`): at most `max_in_flight` requests are served at once, a
+//! streamed answer counting until its last byte; one more is shed at once with 503
+//! `overloaded` and `Retry-After` rather than queued behind the others, so the latency of the
+//! requests let in holds. A request whose response head takes longer than
+//! `request_timeout_ms` gets 504 `request_timeout`. `/healthz`, `/readyz` and `/metrics` are
+//! never refused here: probes and scrapes must answer under overload.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::StatusCode;
+use serde::Deserialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::ApiError;
+
+/// `[server]`: how much the host takes on at once.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Requests served at once, streams until their end; 0: no limit.
+    pub max_in_flight: usize,
+    /// Longest from a request to its response head, in milliseconds; 0: no limit.
+    pub request_timeout_ms: u64,
+    /// What `Retry-After` tells a shed client, in seconds.
+    pub retry_after_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1024,
+            request_timeout_ms: 600_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
+/// The layer's state.
+pub struct Overload {
+    permits: Option<Arc<Semaphore>>,
+    timeout: Option<Duration>,
+    retry_after: Duration,
+}
+
+impl Overload {
+    pub fn new(config: &ServerConfig) -> Self {
+        Self {
+            permits: (config.max_in_flight > 0)
+                .then(|| Arc::new(Semaphore::new(config.max_in_flight))),
+            timeout: (config.request_timeout_ms > 0)
+                .then(|| Duration::from_millis(config.request_timeout_ms)),
+            retry_after: Duration::from_secs(config.retry_after_s.max(1)),
+        }
+    }
+}
+
+pub async fn guard(
+    State(overload): State<Arc<Overload>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(request).await;
+    }
+    let permit = match &overload.permits {
+        None => None,
+        Some(permits) => match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the host is serving as many requests as it takes at once; try again shortly",
+                )
+                .retry_after(overload.retry_after)
+                .into_response();
+            }
+        },
+    };
+    let response = match overload.timeout {
+        None => next.run(request).await,
+        Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+            Ok(response) => response,
+            Err(_) => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "request_timeout",
+                format!(
+                    "no answer within the host's request timeout of {} ms",
+                    limit.as_millis()
+                ),
+            )
+            .into_response(),
+        },
+    };
+    match permit {
+        None => response,
+        Some(permit) => response.map(|body| {
+            Body::new(Held {
+                inner: body,
+                _permit: permit,
+            })
+        }),
+    }
+}
+
+/// A response body that holds its request's in-flight place until it ends or is dropped.
+struct Held {
+    inner: Body,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}

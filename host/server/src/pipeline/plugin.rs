@@ -1,0 +1,450 @@
+//! Plugin routes: every path the host's own router does not serve ends here.
+//!
+//! [`resolve`] (a layer) takes the current snapshot (503 `not_ready` before the first) and
+//! matches the route, labelling the answer for the metrics layer; [`serve`] then reads top to
+//! bottom: the caller ([`Principal`], 401), the route it may see ([`authorize`]: 404/405, 403
+//! for scopes), admission ([`Quotas::admit`]: rate limits, quotas and concurrency caps, 429,
+//! with `RateLimit-*` headers on every answer), and [`call`]: the body within the route's limit,
+//! its schema, the plugin, and its answer (error bodies in the one shape; a server-sent-event
+//! stream that fails mid-way ends with an `event: error`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
+use serde_json::{Value, json};
+
+use super::RouteLabel;
+use crate::auth::{Auth, Principal};
+use crate::error::{ApiError, current_request_id};
+use crate::quota::{Admission, Quotas, Refusal, Subject};
+use crate::registry::{Mounted, Registry};
+use crate::router::Match;
+
+/// What [`resolve`] found for a request, for [`serve`].
+#[derive(Clone)]
+enum Resolved {
+    Found(Target),
+    MethodNotAllowed(Vec<http::Method>),
+    NotFound,
+}
+
+/// A matched plugin route.
+#[derive(Clone)]
+struct Target {
+    mounted: Arc<Mounted>,
+    /// Index into the manifest's routes.
+    route: usize,
+    params: Vec<(String, String)>,
+    /// The path below the plugin's mount.
+    relative_path: String,
+}
+
+/// The layer in front of [`serve`]: the snapshot and the route match.
+pub async fn resolve(
+    State(registry): State<Arc<Registry>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(snapshot) = registry.snapshot() else {
+        return ApiError::not_ready().into_response();
+    };
+    let (resolved, label) = match snapshot.router.find(request.method(), request.uri().path()) {
+        Match::Found {
+            target,
+            params,
+            relative_path,
+        } => {
+            let mounted = snapshot.plugins[target.plugin].clone();
+            let r = &mounted.plugin.manifest.routes[target.route];
+            let label = RouteLabel {
+                plugin: Arc::from(mounted.name.as_str()),
+                route: Arc::from(format!("{} {}", r.method, r.path.raw)),
+            };
+            let target = Target {
+                mounted,
+                route: target.route,
+                params,
+                relative_path,
+            };
+            (Resolved::Found(target), Some(label))
+        }
+        Match::MethodNotAllowed(allowed) => (Resolved::MethodNotAllowed(allowed), None),
+        Match::NotFound => (Resolved::NotFound, None),
+    };
+    request.extensions_mut().insert(resolved);
+    let mut response = next.run(request).await;
+    if let Some(label) = label {
+        response.extensions_mut().insert(label);
+    }
+    response
+}
+
+/// Serves a plugin route.
+pub async fn serve(
+    State(auth): State<Arc<Auth>>,
+    State(quotas): State<Arc<Quotas>>,
+    principal: Principal,
+    mut request: Request,
+) -> Response {
+    let result = async {
+        let target = authorize(&auth, &principal, &mut request)?;
+        let admission = admit(
+            &quotas,
+            &principal,
+            &target,
+            request.extensions(),
+            request.headers(),
+        )
+        .await?;
+        let headers = admission.headers.clone();
+        let priority = quotas.priority(&principal.tenant, principal.priority);
+        let response = call(target, principal, priority, admission, request).await;
+        Ok::<_, Refusal>((
+            response.unwrap_or_else(IntoResponse::into_response),
+            headers,
+        ))
+    }
+    .await;
+    let (mut response, headers) = match result {
+        Ok(answer) => answer,
+        Err(refused) => (refused.error.into_response(), refused.headers),
+    };
+    response.headers_mut().extend(headers);
+    response
+}
+
+/// The route `principal` asked for, if it may call it: a path no plugin serves and a plugin it
+/// may not see are both 404; a method the path does not take is 405; missing scopes are 403.
+fn authorize(
+    auth: &Auth,
+    principal: &Principal,
+    request: &mut Request,
+) -> Result<Target, ApiError> {
+    let resolved = request.extensions_mut().remove::<Resolved>();
+    let (method, path) = (request.method(), request.uri().path());
+    match resolved {
+        Some(Resolved::Found(target)) => {
+            auth.authorize(principal, &target.mounted, target.route)?;
+            Ok(target)
+        }
+        Some(Resolved::MethodNotAllowed(allowed)) => {
+            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                format!("{method} is not allowed here; use {}", allowed.join(", ")),
+            ))
+        }
+        Some(Resolved::NotFound) | None => {
+            Err(ApiError::not_found(format!("no route for {method} {path}")))
+        }
+    }
+}
+
+/// Lets the call in under every limit that applies to it, or says which one refuses it.
+async fn admit(
+    quotas: &Quotas,
+    principal: &Principal,
+    target: &Target,
+    // Not the request itself: its body is not `Sync`, and this future must be `Send`.
+    extensions: &http::Extensions,
+    headers: &HeaderMap,
+) -> Result<Admission, Refusal> {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip());
+    let mounted = &target.mounted;
+    quotas
+        .admit(&Subject {
+            tenant: &principal.tenant,
+            key_id: &principal.key_id,
+            ip: quotas.client_ip(peer, headers),
+            plugin: &mounted.name,
+            route: &mounted.plugin.manifest.routes[target.route].path.raw,
+            key_limits: &principal.limits,
+            tenant_limits: &principal.tenant_limits,
+            request_id: &current_request_id(),
+            lease: mounted.plugin.limits.wall_time(),
+        })
+        .await
+}
+
+/// Runs one admitted route: body limit, schema validation, the plugin call, the response.
+async fn call(
+    target: Target,
+    principal: Principal,
+    priority: u32,
+    admission: Admission,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let Target {
+        mounted,
+        route: route_index,
+        params,
+        relative_path,
+    } = target;
+    let (parts, body) = request.into_parts();
+    let route = &mounted.plugin.manifest.routes[route_index];
+    let limits = &mounted.plugin.limits;
+
+    let body = read_body(
+        &parts.headers,
+        body,
+        limits.max_request_bytes,
+        limits.wall_time(),
+    )
+    .await?;
+    if let Some(validator) = &mounted.validators[route_index] {
+        let value: Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+        })?;
+        // `is_valid` stops at the first failure and allocates nothing: the common case. Only
+        // an invalid body pays for collecting what is wrong with it.
+        let problems: Vec<String> = if validator.is_valid(&value) {
+            Vec::new()
+        } else {
+            validator
+                .iter_errors(&value)
+                .take(5)
+                .map(|e| {
+                    let at = e.instance_path.to_string();
+                    if at.is_empty() {
+                        e.to_string()
+                    } else {
+                        format!("{at}: {e}")
+                    }
+                })
+                .collect()
+        };
+        if !problems.is_empty() {
+            return Err(ApiError::unprocessable(format!(
+                "the request body does not match the schema: {}",
+                problems.join("; ")
+            )));
+        }
+    }
+
+    let mut headers = parts.headers;
+    for name in [
+        header::AUTHORIZATION,
+        header::HOST,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("x-api-key");
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{relative_path}?{q}"),
+        None => relative_path,
+    };
+    let context = RequestContext {
+        request_id: current_request_id(),
+        tenant: principal.tenant,
+        key_id: Some(principal.key_id),
+        scopes: principal.scopes,
+        claims: principal.claims,
+        route: route.path.raw.clone(),
+        params,
+        priority,
+    };
+    let budgets = admission.has_budgets();
+    let budget = admission.token_budget();
+    let (usage_sink, settled) = admission.into_sink();
+    let response = mounted
+        .plugin
+        .handle(PluginRequest {
+            method: parts.method,
+            path_and_query,
+            headers,
+            body,
+            context,
+            streaming: route.streaming,
+            usage_sink: Some(usage_sink),
+            budget,
+        })
+        .await?;
+    if budgets && matches!(response.body, PluginBody::Full(_)) {
+        // Charge tokens and compute time before answering, so the caller's next request
+        // already sees them (a shared store answers within its timeout).
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), settled).await;
+    }
+
+    let mut out = Response::builder().status(response.status);
+    if let Some(h) = out.headers_mut() {
+        for (name, value) in &response.headers {
+            if name != header::CONTENT_LENGTH
+                && name != header::TRANSFER_ENCODING
+                && name != header::CONNECTION
+            {
+                h.append(name, value.clone());
+            }
+        }
+    }
+    let event_stream = response
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = match response.body {
+        PluginBody::Stream(stream) if event_stream => Body::new(SseEnd {
+            inner: stream,
+            request_id: current_request_id(),
+            ended: false,
+        }),
+        PluginBody::Stream(stream) => Body::new(stream),
+        PluginBody::Full(bytes)
+            if response.status.is_client_error() || response.status.is_server_error() =>
+        {
+            if let Some(h) = out.headers_mut() {
+                h.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            Body::from(normalise_plugin_error(response.status, &bytes))
+        }
+        PluginBody::Full(bytes) => Body::from(bytes),
+    };
+    out.body(body).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "plugin_error",
+            format!("invalid plugin response: {e}"),
+        )
+    })
+}
+
+/// A server-sent-event stream whose plugin failed mid-way (wall-clock limit, response size,
+/// trap): the client gets a last `event: error` with the usual error object, then a clean
+/// end, rather than a connection cut that looks like a network fault, or a clean-looking end.
+struct SseEnd<B> {
+    inner: B,
+    request_id: String,
+    ended: bool,
+}
+
+impl<B> http_body::Body for SseEnd<B>
+where
+    B: http_body::Body<Data = Bytes, Error = infergate_runtime::InvokeError> + Unpin,
+{
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Err(e))) => {
+                self.ended = true;
+                let e = ApiError::from(e);
+                tracing::warn!(code = e.code, "stream ended by an error: {}", e.message);
+                let event = json!({"error": {"code": e.code, "message": e.message, "request_id": self.request_id}});
+                Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from(format!(
+                    "event: error\ndata: {event}\n\n"
+                ))))))
+            }
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Reads a request body of at most `limit` bytes within `deadline`.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let collected = tokio::time::timeout(deadline, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request body did not arrive in time",
+            )
+        })?;
+    match collected {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::payload_too_large(limit))
+        }
+        Err(e) => Err(ApiError::bad_request(format!(
+            "reading the request body failed: {e}"
+        ))),
+    }
+}
+
+/// Gives a plugin's error response the standard shape and this request's id.
+fn normalise_plugin_error(status: StatusCode, body: &[u8]) -> Bytes {
+    let parsed: Option<Value> = serde_json::from_slice(body).ok();
+    let shaped = parsed.as_ref().and_then(|v| {
+        let e = v.get("error")?;
+        Some((
+            e.get("code")?.as_str()?.to_string(),
+            e.get("message")?.as_str()?.to_string(),
+        ))
+    });
+    let (code, message) = shaped.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(body);
+        let text: String = text.chars().take(512).collect();
+        let message = if text.trim().is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        };
+        ("plugin_error".to_string(), message)
+    });
+    let value =
+        json!({"error": {"code": code, "message": message, "request_id": current_request_id()}});
+    Bytes::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plugin_errors_get_the_standard_shape() {
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(
+            StatusCode::NOT_FOUND,
+            br#"{"error":{"code":"model_not_found","message":"no model","request_id":"x"}}"#,
+        ))
+        .unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        let v: Value =
+            serde_json::from_slice(&normalise_plugin_error(StatusCode::BAD_REQUEST, b"oops"))
+                .unwrap();
+        assert_eq!(v["error"]["code"], "plugin_error");
+        assert_eq!(v["error"]["message"], "oops");
+        let v: Value = serde_json::from_slice(&normalise_plugin_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            b"",
+        ))
+        .unwrap();
+        assert_eq!(v["error"]["message"], "Internal Server Error");
+    }
+}
