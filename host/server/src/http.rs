@@ -52,14 +52,7 @@ pub fn app(state: AppState, overload: Overload, limits: &AppLimits) -> Router {
             admission::admit,
         ))
         .route_layer(middleware::from_fn(metrics::label_host_route));
-    let plugins = Router::new()
-        .fallback(plugin::serve)
-        .layer(middleware::from_fn_with_state(
-            state.registry.clone(),
-            plugin::resolve,
-        ))
-        .with_state(state.clone());
-    host.fallback_service(plugins)
+    host.fallback(plugin::serve)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(
             Arc::new(overload),

@@ -66,14 +66,14 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
     quotas.start();
-    let state = AppState {
+    let state = AppState::new(state::Parts {
         registry: Arc::new(Registry::default()),
         auth,
         admin_key: Arc::new(auth::operator::AdminKey::new(admin_key.as_deref())),
         quotas,
         metrics: Arc::new(telemetry::Metrics::default()),
         tenant_plugins: Arc::new(config.tenant_plugins.clone()),
-    };
+    });
     let limits = http::AppLimits {
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,

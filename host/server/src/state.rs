@@ -9,12 +9,30 @@ use axum::extract::FromRef;
 use crate::admin::{AdminState, TenantPluginsConfig};
 use crate::auth::Auth;
 use crate::auth::operator::AdminKey;
+use crate::pipeline::plugin::PluginRoutes;
 use crate::quota::Quotas;
 use crate::registry::Registry;
 use crate::telemetry::Metrics;
 
+/// Cheap to clone (one reference count): axum clones the state for every handler call.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Parts>);
+
+impl AppState {
+    pub fn new(parts: Parts) -> Self {
+        Self(Arc::new(parts))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.0
+    }
+}
+
+pub struct Parts {
     /// What is deployed, and the snapshot requests are served from.
     pub registry: Arc<Registry>,
     /// Credentials and who may call what.
@@ -47,6 +65,16 @@ part!(
     metrics: Arc<Metrics>,
     tenant_plugins: Arc<TenantPluginsConfig>,
 );
+
+impl FromRef<AppState> for PluginRoutes {
+    fn from_ref(state: &AppState) -> Self {
+        PluginRoutes {
+            registry: state.registry.clone(),
+            auth: state.auth.clone(),
+            quotas: state.quotas.clone(),
+        }
+    }
+}
 
 impl FromRef<AppState> for AdminState {
     fn from_ref(state: &AppState) -> Self {

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -24,7 +24,9 @@ const BUCKETS: [f64; 12] = [
 #[derive(Default)]
 pub struct Metrics {
     /// (plugin, route, status) → latency histogram.
-    requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
+    requests: Mutex<BTreeMap<(Arc<str>, Arc<str>, u16), Histogram>>,
+    /// The empty label of answers given before any route was known.
+    unrouted: Arc<str>,
 }
 
 #[derive(Default)]
@@ -37,11 +39,11 @@ struct Histogram {
 impl Metrics {
     /// One answered request: `plugin` and `route` ("METHOD /template") as resolved, empty when
     /// the request was refused before a route was known (not found, overloaded, not ready).
-    pub fn record(&self, plugin: &str, route: &str, status: StatusCode, took: Duration) {
+    pub fn record(&self, plugin: &Arc<str>, route: &Arc<str>, status: StatusCode, took: Duration) {
         let seconds = took.as_secs_f64();
         let mut requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
         let h = requests
-            .entry((plugin.to_string(), route.to_string(), status.as_u16()))
+            .entry((plugin.clone(), route.clone(), status.as_u16()))
             .or_default();
         for (bucket, le) in h.buckets.iter_mut().zip(BUCKETS) {
             if seconds <= le {
@@ -50,6 +52,11 @@ impl Metrics {
         }
         h.count += 1;
         h.sum += seconds;
+    }
+
+    /// An answer given before any route was known (not found, overloaded, not ready).
+    pub fn record_unrouted(&self, status: StatusCode, took: Duration) {
+        self.record(&self.unrouted, &self.unrouted, status, took);
     }
 
     pub fn render(&self, models: &[ModelInfo], limit_store_errors: u64) -> String {

@@ -14,11 +14,15 @@ use crate::telemetry::Metrics;
 pub async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let response = next.run(request).await;
-    let (plugin, route) = match response.extensions().get::<RouteLabel>() {
-        Some(label) => (&*label.plugin, &*label.route),
-        None => ("", ""),
-    };
-    metrics.record(plugin, route, response.status(), started.elapsed());
+    match response.extensions().get::<RouteLabel>() {
+        Some(label) => metrics.record(
+            &label.plugin,
+            &label.route,
+            response.status(),
+            started.elapsed(),
+        ),
+        None => metrics.record_unrouted(response.status(), started.elapsed()),
+    }
     response
 }
 

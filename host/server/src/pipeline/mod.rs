@@ -7,10 +7,11 @@
 //!    at once: load is shed, not queued) and a request timeout. Health, readiness and metrics
 //!    are exempt, so probes answer under overload.
 //! 4. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
-//!    the quota rules that name them), and every other path to [`plugin::serve`], whose
-//!    extractors read top to bottom: the route ([`plugin::Resolved`], 404/405), the caller
-//!    ([`crate::auth::Principal`], 401), authorisation (404 for a plugin it may not see, 403 for
-//!    scopes), admission (quotas, 429), then the body, its schema and the plugin call.
+//!    the quota rules that name them; their handlers take the caller as a
+//!    [`crate::auth::Principal`] extractor), and every other path to [`plugin::serve`], which
+//!    reads top to bottom: the route (and its metrics label), the caller (401), authorisation
+//!    (404/405, and 404 for a plugin it may not see, 403 for scopes), admission (quotas, 429),
+//!    then the body, its schema and the plugin call.
 //!
 //! `http::app` stacks them.
 

@@ -1,5 +1,5 @@
 //! Overload protection (`[server]`): at most `max_in_flight` requests are served at once, a
-//! streamed answer counting until its last byte; one more is shed at once with 503
+//! streamed answer counting until its last byte (one of known length until its head); one more is shed at once with 503
 //! `overloaded` and `Retry-After` rather than queued behind the others, so the latency of the
 //! requests let in holds. A request whose response head takes longer than
 //! `request_timeout_ms` gets 504 `request_timeout`. `/healthz`, `/readyz` and `/metrics` are
@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -17,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
 use serde::Deserialize;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::ApiError;
 
@@ -45,7 +45,10 @@ impl Default for ServerConfig {
 
 /// The layer's state.
 pub struct Overload {
-    permits: Option<Arc<Semaphore>>,
+    /// Requests in flight now, and the most there may be (0: no limit). A counter, not a
+    /// semaphore: nothing ever waits for a place, and a counter needs no lock.
+    in_flight: Arc<AtomicUsize>,
+    max_in_flight: usize,
     timeout: Option<Duration>,
     retry_after: Duration,
 }
@@ -53,8 +56,8 @@ pub struct Overload {
 impl Overload {
     pub fn new(config: &ServerConfig) -> Self {
         Self {
-            permits: (config.max_in_flight > 0)
-                .then(|| Arc::new(Semaphore::new(config.max_in_flight))),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            max_in_flight: config.max_in_flight,
             timeout: (config.request_timeout_ms > 0)
                 .then(|| Duration::from_millis(config.request_timeout_ms)),
             retry_after: Duration::from_secs(config.retry_after_s.max(1)),
@@ -70,11 +73,11 @@ pub async fn guard(
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(request).await;
     }
-    let permit = match &overload.permits {
-        None => None,
-        Some(permits) => match permits.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
+    let place = match overload.max_in_flight {
+        0 => None,
+        max => match Place::take(&overload.in_flight, max) {
+            Some(place) => Some(place),
+            None => {
                 return ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
@@ -100,21 +103,49 @@ pub async fn guard(
             .into_response(),
         },
     };
-    match permit {
-        None => response,
-        Some(permit) => response.map(|body| {
-            Body::new(Held {
-                inner: body,
-                _permit: permit,
+    match place {
+        // A body of known length is all there: the work is done, and the place is free as
+        // soon as the head goes out.
+        Some(place)
+            if http_body::Body::size_hint(response.body())
+                .exact()
+                .is_none() =>
+        {
+            response.map(|body| {
+                Body::new(Held {
+                    inner: body,
+                    _place: place,
+                })
             })
-        }),
+        }
+        _ => response,
+    }
+}
+
+/// One of the in-flight places, given back when dropped.
+struct Place(Arc<AtomicUsize>);
+
+impl Place {
+    fn take(in_flight: &Arc<AtomicUsize>, max: usize) -> Option<Place> {
+        in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Place(in_flight.clone()))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 /// A response body that holds its request's in-flight place until it ends or is dropped.
 struct Held {
     inner: Body,
-    _permit: OwnedSemaphorePermit,
+    _place: Place,
 }
 
 impl http_body::Body for Held {

@@ -1,10 +1,9 @@
-//! Plugin routes: every path the host's own router does not serve ends here.
-//!
-//! [`resolve`] (a layer) takes the current snapshot (503 `not_ready` before the first) and
-//! matches the route, labelling the answer for the metrics layer; [`serve`] then reads top to
-//! bottom: the caller ([`Principal`], 401), the route it may see ([`authorize`]: 404/405, 403
-//! for scopes), admission ([`Quotas::admit`]: rate limits, quotas and concurrency caps, 429,
-//! with `RateLimit-*` headers on every answer), and [`call`]: the body within the route's limit,
+//! Plugin routes: every path the host's own router does not serve ends here, in [`serve`],
+//! which reads top to bottom: the current snapshot (503 `not_ready` before the first) and the
+//! route match ([`resolve`], which also labels the answer for the metrics layer); the caller
+//! ([`Auth::authenticate`], 401); the route it may see ([`authorize`]: 404/405, 403 for
+//! scopes); admission ([`Quotas::admit`]: rate limits, quotas and concurrency caps, 429, with
+//! `RateLimit-*` headers on every answer); and [`call`]: the body within the route's limit,
 //! its schema, the plugin, and its answer (error bodies in the one shape; a server-sent-event
 //! stream that fails mid-way ends with an `event: error`).
 
@@ -13,7 +12,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -28,8 +26,7 @@ use crate::quota::{Admission, Quotas, Refusal, Subject};
 use crate::registry::{Mounted, Registry};
 use crate::router::Match;
 
-/// What [`resolve`] found for a request, for [`serve`].
-#[derive(Clone)]
+/// What [`resolve`] found for a request.
 enum Resolved {
     Found(Target),
     MethodNotAllowed(Vec<http::Method>),
@@ -37,7 +34,6 @@ enum Resolved {
 }
 
 /// A matched plugin route.
-#[derive(Clone)]
 struct Target {
     mounted: Arc<Mounted>,
     /// Index into the manifest's routes.
@@ -47,78 +43,84 @@ struct Target {
     relative_path: String,
 }
 
-/// The layer in front of [`serve`]: the snapshot and the route match.
-pub async fn resolve(
-    State(registry): State<Arc<Registry>>,
-    mut request: Request,
-    next: Next,
-) -> Response {
-    let Some(snapshot) = registry.snapshot() else {
+/// What a plugin route reaches.
+#[derive(Clone)]
+pub struct PluginRoutes {
+    pub registry: Arc<Registry>,
+    pub auth: Arc<Auth>,
+    pub quotas: Arc<Quotas>,
+}
+
+/// Serves a plugin route.
+pub async fn serve(State(routes): State<PluginRoutes>, request: Request) -> Response {
+    let Some((resolved, label)) = resolve(&routes.registry, &request) else {
         return ApiError::not_ready().into_response();
     };
-    let (resolved, label) = match snapshot.router.find(request.method(), request.uri().path()) {
-        Match::Found {
-            target,
-            params,
-            relative_path,
-        } => {
-            let mounted = snapshot.plugins[target.plugin].clone();
-            let r = &mounted.plugin.manifest.routes[target.route];
-            let label = RouteLabel {
-                plugin: Arc::from(mounted.name.as_str()),
-                route: Arc::from(format!("{} {}", r.method, r.path.raw)),
-            };
-            let target = Target {
-                mounted,
-                route: target.route,
-                params,
-                relative_path,
-            };
-            (Resolved::Found(target), Some(label))
-        }
-        Match::MethodNotAllowed(allowed) => (Resolved::MethodNotAllowed(allowed), None),
-        Match::NotFound => (Resolved::NotFound, None),
+    let (mut response, headers) = match answer(&routes, resolved, request).await {
+        Ok(answer) => answer,
+        Err(refused) => (refused.error.into_response(), refused.headers),
     };
-    request.extensions_mut().insert(resolved);
-    let mut response = next.run(request).await;
+    response.headers_mut().extend(headers);
     if let Some(label) = label {
         response.extensions_mut().insert(label);
     }
     response
 }
 
-/// Serves a plugin route.
-pub async fn serve(
-    State(auth): State<Arc<Auth>>,
-    State(quotas): State<Arc<Quotas>>,
-    principal: Principal,
-    mut request: Request,
-) -> Response {
-    let result = async {
-        let target = authorize(&auth, &principal, &mut request)?;
-        let admission = admit(
-            &quotas,
-            &principal,
-            &target,
-            request.extensions(),
-            request.headers(),
-        )
-        .await?;
-        let headers = admission.headers.clone();
-        let priority = quotas.priority(&principal.tenant, principal.priority);
-        let response = call(target, principal, priority, admission, request).await;
-        Ok::<_, Refusal>((
-            response.unwrap_or_else(IntoResponse::into_response),
-            headers,
-        ))
-    }
-    .await;
-    let (mut response, headers) = match result {
-        Ok(answer) => answer,
-        Err(refused) => (refused.error.into_response(), refused.headers),
-    };
-    response.headers_mut().extend(headers);
-    response
+/// The route of a request in the current snapshot (`None` before the first), and its label.
+fn resolve(registry: &Registry, request: &Request) -> Option<(Resolved, Option<RouteLabel>)> {
+    let snapshot = registry.snapshot()?;
+    Some(
+        match snapshot.router.find(request.method(), request.uri().path()) {
+            Match::Found {
+                target,
+                params,
+                relative_path,
+            } => {
+                let mounted = snapshot.plugins[target.plugin].clone();
+                let label = RouteLabel {
+                    plugin: mounted.label.clone(),
+                    route: mounted.route_labels[target.route].clone(),
+                };
+                let target = Target {
+                    mounted,
+                    route: target.route,
+                    params,
+                    relative_path,
+                };
+                (Resolved::Found(target), Some(label))
+            }
+            Match::MethodNotAllowed(allowed) => (Resolved::MethodNotAllowed(allowed), None),
+            Match::NotFound => (Resolved::NotFound, None),
+        },
+    )
+}
+
+/// Caller, authorisation, admission, the call: the answer and its `RateLimit-*` headers.
+async fn answer(
+    routes: &PluginRoutes,
+    resolved: Resolved,
+    request: Request,
+) -> Result<(Response, HeaderMap), Refusal> {
+    let principal = routes.auth.authenticate(request.headers()).await?;
+    let target = authorize(&routes.auth, &principal, resolved, &request)?;
+    let admission = admit(
+        &routes.quotas,
+        &principal,
+        &target,
+        request.extensions(),
+        request.headers(),
+    )
+    .await?;
+    let headers = admission.headers.clone();
+    let priority = routes
+        .quotas
+        .priority(&principal.tenant, principal.priority);
+    let response = call(target, principal, priority, admission, request).await;
+    Ok((
+        response.unwrap_or_else(IntoResponse::into_response),
+        headers,
+    ))
 }
 
 /// The route `principal` asked for, if it may call it: a path no plugin serves and a plugin it
@@ -126,16 +128,16 @@ pub async fn serve(
 fn authorize(
     auth: &Auth,
     principal: &Principal,
-    request: &mut Request,
+    resolved: Resolved,
+    request: &Request,
 ) -> Result<Target, ApiError> {
-    let resolved = request.extensions_mut().remove::<Resolved>();
     let (method, path) = (request.method(), request.uri().path());
     match resolved {
-        Some(Resolved::Found(target)) => {
+        Resolved::Found(target) => {
             auth.authorize(principal, &target.mounted, target.route)?;
             Ok(target)
         }
-        Some(Resolved::MethodNotAllowed(allowed)) => {
+        Resolved::MethodNotAllowed(allowed) => {
             let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
             Err(ApiError::new(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -143,9 +145,7 @@ fn authorize(
                 format!("{method} is not allowed here; use {}", allowed.join(", ")),
             ))
         }
-        Some(Resolved::NotFound) | None => {
-            Err(ApiError::not_found(format!("no route for {method} {path}")))
-        }
+        Resolved::NotFound => Err(ApiError::not_found(format!("no route for {method} {path}"))),
     }
 }
 

@@ -50,6 +50,10 @@ pub struct Mounted {
     /// The tenant that deployed it (tenant deploys only).
     pub owner: Option<String>,
     pub deployed_at: SystemTime,
+    /// What metrics call it and each of its routes (`METHOD /template`), made once here so
+    /// a request only shares them.
+    pub label: Arc<str>,
+    pub route_labels: Vec<Arc<str>>,
 }
 
 /// Everything a request needs to find and run its plugin.
@@ -238,7 +242,15 @@ impl Registry {
             };
             validators.push(validator);
         }
+        let route_labels = plugin
+            .manifest
+            .routes
+            .iter()
+            .map(|r| Arc::from(format!("{} {}", r.method, r.path.raw)))
+            .collect();
         let mounted = Arc::new(Mounted {
+            label: Arc::from(name),
+            route_labels,
             name: name.to_string(),
             mount: settings.mount_for(name),
             settings,
