@@ -622,3 +622,44 @@ tenant = "trickle"
     // FIFO would make the trickle wait behind the flood's 8 queued requests (ratio ~1).
     assert!(t * 3 < f, "trickle {t:?} vs flood {f:?}");
 }
+
+#[tokio::test]
+async fn a_limit_that_cannot_be_read_is_refused_when_stored() {
+    let host = Host::start(&standard_config(""));
+    let admin = crate::harness::admin();
+    for (path, body, bad) in [
+        (
+            "/admin/tenants",
+            json!({"id": "typo", "limits": ["10/secnd"]}),
+            "10/secnd",
+        ),
+        (
+            "/admin/keys",
+            json!({"tenant": "default", "limits": ["60/minute", "lots"]}),
+            "lots",
+        ),
+    ] {
+        let r = admin.post(host.url(path)).json(&body).send().await.unwrap();
+        let e = expect_error(r, 422, "invalid_request").await;
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{bad}`")), "{message}");
+    }
+    // Nothing was stored.
+    let tenants: Value = admin.get(host.url("/admin/tenants")).fetch_json().await;
+    assert!(!tenants.to_string().contains("typo"), "{tenants}");
+    let keys: Value = admin.get(host.url("/admin/keys")).fetch_json().await;
+    assert_eq!(keys["keys"].as_array().map_or(0, Vec::len), 0, "{keys}");
+    // The CLI refuses it too.
+    let data = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["keys", "create", "--tenant", "acme", "--limits", "10/secnd"])
+        .env("XDG_DATA_HOME", data.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("10/secnd"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

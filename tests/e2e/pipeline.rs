@@ -6,6 +6,15 @@ use std::time::{Duration, Instant};
 
 use crate::harness::{Host, client, client_with, expect_error, standard_config};
 
+async fn scrape(host: &Host) -> String {
+    reqwest::get(host.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// The `infergate_request_duration_seconds_count` of one label set, 0 when absent.
 fn count(metrics: &str, plugin: &str, route: &str, status: u16) -> u64 {
     let series = format!(
@@ -54,12 +63,7 @@ scopes = ["plugin:hello"]
         .unwrap();
     expect_error(r, 405, "method_not_allowed").await;
 
-    let metrics = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&host).await;
     assert_eq!(
         count(&metrics, "digits", "POST /classify", 401),
         1,
@@ -70,12 +74,7 @@ scopes = ["plugin:hello"]
     assert_eq!(count(&metrics, "digits", "POST /classify", 403), 1);
     // The host's own endpoints are counted under their route, with no plugin.
     assert!(count(&metrics, "", "GET /metrics", 200) <= 1);
-    let again = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let again = scrape(&host).await;
     assert_eq!(count(&again, "", "GET /metrics", 200), 1, "{again}");
 }
 
@@ -132,12 +131,7 @@ async fn a_burst_beyond_the_in_flight_limit_is_shed_fast() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&host).await;
     assert_eq!(count(&metrics, "", "", 503), 3 * LIMIT as u64, "{metrics}");
     println!("burst of {} answered in {:?}", 4 * LIMIT, started.elapsed());
 }
@@ -180,12 +174,7 @@ route = "/oauth/token"
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    let metrics = reqwest::get(host.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(&host).await;
     assert_eq!(
         count(&metrics, "", "POST /oauth/token", 429),
         1,

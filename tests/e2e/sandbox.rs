@@ -257,3 +257,33 @@ async fn a_stream_is_cut_at_the_wall_clock_limit() {
     );
     digits_ok(&client(), &host.base).await;
 }
+
+#[tokio::test]
+async fn a_plugin_answers_only_with_final_statuses() {
+    let host = shared();
+    let c = client();
+    for code in [100, 101, 103, 199, 600, 999] {
+        let r = c
+            .get(host.url(&format!("/hostile/status?code={code}")))
+            .send()
+            .await
+            .unwrap();
+        let e = expect_error(r, 502, "plugin_error").await;
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&code.to_string()),
+            "{e}"
+        );
+    }
+    for code in [200, 204, 418] {
+        let r = c
+            .get(host.url(&format!("/hostile/status?code={code}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), code);
+    }
+    digits_ok(&c, &host.base).await;
+}

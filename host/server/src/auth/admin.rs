@@ -6,8 +6,8 @@
 //!   "expires_at"? (Unix seconds)}` → the key record and, this once, `"key"`: the secret.
 //! - `GET /admin/keys?tenant=`, `DELETE /admin/keys/{id}` (revoke).
 //!
-//! `limits` are policy strings (`"60/minute"`) read by the quota engine; here they are only
-//! checked to be 1-64 characters and stored.
+//! `limits` are policy strings (`"60/minute"`) read by the quota engine; a string it cannot
+//! read is refused here (422 naming it), so a stored limit is never skipped.
 
 use std::sync::Arc;
 
@@ -44,14 +44,18 @@ pub fn valid_tenant(id: &str) -> bool {
     crate::registry::names::valid_segment(id)
 }
 
-/// Checks limit policy strings: non-empty, at most 64 characters.
+/// Checks limit policy strings before they are stored: each must be a policy the quota engine
+/// reads (`60/minute`, `100000 tokens/day`, `8 concurrent`, ...) of at most 64 characters.
 pub fn validate_limits(limits: &[String]) -> Result<(), String> {
-    match limits.iter().find(|l| l.trim().is_empty() || l.len() > 64) {
-        Some(bad) => Err(format!(
-            "limit `{bad}` must be a policy string of 1-64 characters"
-        )),
-        None => Ok(()),
+    for limit in limits {
+        if limit.len() > 64 {
+            return Err(format!("limit `{limit}` is longer than 64 characters"));
+        }
+        limit
+            .parse::<crate::quota::policy::Policy>()
+            .map_err(|e| format!("limit `{limit}`: {e}"))?;
     }
+    Ok(())
 }
 
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {

@@ -278,6 +278,18 @@ async fn call(
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), settled).await;
     }
 
+    // Informational (1xx) answers would change what the connection is (101 switches
+    // protocols); a plugin answers a request with a final status, 200-599.
+    if !(200..=599).contains(&response.status.as_u16()) {
+        return Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            "plugin_error",
+            format!(
+                "the plugin answered with status {}; plugins answer with 200-599",
+                response.status.as_u16()
+            ),
+        ));
+    }
     let mut out = Response::builder().status(response.status);
     if let Some(h) = out.headers_mut() {
         for (name, value) in &response.headers {

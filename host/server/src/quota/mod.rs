@@ -262,9 +262,10 @@ impl Quotas {
     }
 
     /// The rules that apply to `s`, in order: config rules, config tenant limits, the tenant's
-    /// and the key's stored limits. Stored limits that do not parse are skipped with a warning
-    /// (they are validated when stored).
-    fn rules_for(&self, s: &Subject) -> Vec<Cow<'_, Rule>> {
+    /// and the key's stored limits. A stored limit that does not parse (they are checked when
+    /// stored, so only one written some other way) refuses the request rather than let it run
+    /// without that limit.
+    fn rules_for(&self, s: &Subject) -> Result<Vec<Cow<'_, Rule>>, Refusal> {
         let mut rules: Vec<Cow<'_, Rule>> = self
             .rules
             .iter()
@@ -272,7 +273,7 @@ impl Quotas {
             .map(Cow::Borrowed)
             .collect();
         if s.plugin.is_empty() {
-            return rules;
+            return Ok(rules);
         }
         if let Some((list, _)) = self.tenants.get(s.tenant) {
             rules.extend(list.iter().map(Cow::Borrowed));
@@ -292,17 +293,26 @@ impl Quotas {
                         source,
                         &self.prefix,
                     ))),
-                    Err(e) => tracing::warn!("{source}: ignoring stored {e}"),
+                    Err(e) => {
+                        tracing::error!("{source}: stored limit `{text}` is not valid: {e}");
+                        return Err(Refusal::from(ApiError::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "limits_unavailable",
+                            format!(
+                                "the {source}'s stored limit `{text}` cannot be read; an operator must fix it"
+                            ),
+                        )));
+                    }
                 }
             }
         }
-        rules
+        Ok(rules)
     }
 
     /// Lets a request in, or answers why not. The admission it returns charges what the
     /// request used when it is settled, and gives back its concurrency places when dropped.
     pub async fn admit(&self, s: &Subject<'_>) -> Result<Admission, Refusal> {
-        let rules = self.rules_for(s);
+        let rules = self.rules_for(s)?;
         let accounts = vec![
             format!("{}:usage:tenant:{}", self.prefix, s.tenant),
             format!("{}:usage:key:{}", self.prefix, s.key_id),
@@ -552,4 +562,32 @@ fn rate_headers(rules: &[Cow<'_, Rule>], decisions: &[Decision]) -> HeaderMap {
         }
     }
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored limit that does not parse (written around the API's check) refuses the
+    /// request: the key never runs without it.
+    #[tokio::test]
+    async fn a_stored_limit_that_cannot_be_read_refuses_the_request() {
+        let quotas = Quotas::new(&LimitsConfig::default()).unwrap();
+        let bad = ["10/secnd".to_string()];
+        let subject = |key_limits| Subject {
+            tenant: "acme",
+            key_id: "k1",
+            ip: IpAddr::from([127, 0, 0, 1]),
+            plugin: "digits",
+            route: "/classify",
+            key_limits,
+            tenant_limits: &[],
+            request_id: "r1",
+            lease: Duration::from_secs(1),
+        };
+        let refused = quotas.admit(&subject(&bad)).await.err().expect("refused");
+        assert_eq!(refused.error.code, "limits_unavailable");
+        assert!(refused.error.message.contains("`10/secnd`"));
+        assert!(quotas.admit(&subject(&[])).await.is_ok());
+    }
 }
