@@ -481,6 +481,15 @@ impl Model {
         })
     }
 
+    /// Whether small inputs compute right on the caller's async thread now: the model's recent
+    /// computes took microseconds (see `schedule`). Always false for a language model.
+    pub fn computes_inline(&self) -> bool {
+        match &self.kind {
+            Kind::Graph { scheduler, .. } => scheduler.runs_inline(),
+            Kind::Llm(_) => false,
+        }
+    }
+
     /// The graph scheduler's counters (all zero for a language model: see [`Llm::stats`]).
     pub fn stats(&self) -> ModelStats {
         match &self.kind {
