@@ -93,7 +93,7 @@ impl Metrics {
             );
         }
         drop(requests);
-        let series: [(&str, &str, &str, fn(&ModelStats) -> f64); 8] = [
+        let series: [Series<ModelStats>; 8] = [
             (
                 "infergate_model_queued",
                 "gauge",
@@ -143,17 +143,9 @@ impl Metrics {
                 |s| s.batched as f64,
             ),
         ];
-        for (name, kind, help, get) in series {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for m in models {
-                let _ = writeln!(
-                    out,
-                    "{name}{{model=\"{}\"}} {}",
-                    escape(&m.name),
-                    get(&m.stats)
-                );
-            }
-        }
+        let graphs: Vec<(String, &ModelStats)> =
+            models.iter().map(|m| (escape(&m.name), &m.stats)).collect();
+        write_series(&mut out, "model", &series, &graphs);
         let _ = writeln!(
             out,
             "# HELP infergate_model_compute_seconds Time of one backend call (a batch is one): quantiles over the latest {RECENT_COMPUTES} successful calls, sum and count over all.\n\
@@ -266,7 +258,7 @@ fn render_generation(out: &mut String, models: &[ModelInfo]) {
             );
         }
     }
-    let gauges: [(&str, &str, &str, fn(&LlmStats) -> f64); 5] = [
+    let gauges: [Series<LlmStats>; 5] = [
         (
             "infergate_llm_sequences_active",
             "gauge",
@@ -298,14 +290,18 @@ fn render_generation(out: &mut String, models: &[ModelInfo]) {
             |s| s.busy_seconds,
         ),
     ];
-    for (name, kind, help, get) in gauges {
+    write_series(out, "gen_ai_request_model", &gauges, &llms);
+}
+
+/// One metric of a statistics type: name, Prometheus type, help, and how to read it.
+type Series<T> = (&'static str, &'static str, &'static str, fn(&T) -> f64);
+
+/// Each series with its help and type, then one sample per model (`label` = its escaped name).
+fn write_series<T>(out: &mut String, label: &str, series: &[Series<T>], models: &[(String, &T)]) {
+    for (name, kind, help, get) in series {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (model, stats) in &llms {
-            let _ = writeln!(
-                out,
-                "{name}{{gen_ai_request_model=\"{model}\"}} {}",
-                get(stats)
-            );
+        for (model, stats) in models {
+            let _ = writeln!(out, "{name}{{{label}=\"{model}\"}} {}", get(stats));
         }
     }
 }
