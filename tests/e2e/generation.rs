@@ -116,7 +116,9 @@ struct Metrics(String);
 impl Metrics {
     async fn scrape(host: &Host) -> Metrics {
         Metrics(
-            reqwest::get(host.url("/metrics"))
+            crate::harness::admin()
+                .get(host.url("/metrics"))
+                .send()
                 .await
                 .unwrap()
                 .text()
@@ -304,7 +306,7 @@ fn the_official_openai_client_works_against_v1() {
             "-m",
             "pytest",
             "-q",
-            "-rs",
+            "-rfEs",
             "-p",
             "no:cacheprovider",
             "tests/openai",
@@ -314,6 +316,7 @@ fn the_official_openai_client_works_against_v1() {
         .env("INFERGATE_API_KEY", API_KEY)
         .env("INFERGATE_SMALL_KEY", SMALL_KEY)
         .env("INFERGATE_SMALL_TENANT", "small")
+        .env("INFERGATE_METRICS_KEY", crate::harness::ADMIN_KEY)
         .env("INFERGATE_SLOW_MOUNT", "/slow")
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .stdin(Stdio::null())
@@ -337,7 +340,17 @@ fn the_official_openai_client_works_against_v1() {
     println!("{output}");
     println!("pytest took {:?}", started.elapsed());
     let status = status.unwrap_or_else(|| panic!("pytest did not finish within {limit:?}"));
-    assert!(status.success(), "pytest failed ({status}):\n{output}");
+    // The whole output is above; the panic names what failed (pytest's short summary).
+    let summary: Vec<&str> = output
+        .lines()
+        .filter(|l| l.starts_with("FAILED ") || l.starts_with("ERROR ") || l.starts_with("E   "))
+        .take(40)
+        .collect();
+    assert!(
+        status.success(),
+        "pytest failed ({status}):\n{}",
+        summary.join("\n")
+    );
     assert!(host.alive());
 }
 

@@ -24,10 +24,12 @@ pub fn model(path: &str) -> String {
     root().join("models").join(path).display().to_string()
 }
 
-/// A running host; killed when dropped.
+/// A running host; killed when dropped. Its log goes to a file of its own, and a test that
+/// fails prints the end of it (so a failure shows what its host said, and only that host).
 pub struct Host {
     pub base: String,
     child: std::sync::Mutex<Child>,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -39,27 +41,42 @@ impl Host {
 
     /// Like [`Host::start`], with its own compiled-component cache directory.
     pub fn start_with_cache(config: &str, cache: &Path) -> Host {
+        Self::start_with(config, cache, &[])
+    }
+
+    /// Like [`Host::start`], with more environment variables.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Host {
+        Self::start_with(config, &root().join("target/e2e-cache"), env)
+    }
+
+    fn start_with(config: &str, cache: &Path, env: &[(&str, &str)]) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("infergate.toml");
         let config = format!("cache_dir = \"{}\"\n{config}", cache.display());
         std::fs::write(&path, config).expect("writing config");
+        let log = dir.path().join("host.log");
+        let log_file = std::fs::File::create(&log).expect("creating the host log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
             .args(["serve", "--listen", "127.0.0.1:0", "--config"])
             .arg(&path)
             .env("INFERGATE_API_KEY", API_KEY)
             .env("INFERGATE_ADMIN_KEY", ADMIN_KEY)
             .env("INFERGATE_LOG", "info,infergate_runtime=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(log_file)
             .spawn()
             .expect("starting infergate");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let base = loop {
-            let line = lines
-                .next()
-                .expect("infergate exited before listening")
-                .expect("reading stdout");
+            let Some(line) = lines.next() else {
+                panic!(
+                    "infergate exited before listening:\n{}",
+                    tail(&log, LOG_TAIL_LINES)
+                );
+            };
+            let line = line.expect("reading stdout");
             if let Some(addr) = line.strip_prefix("infergate listening on ") {
                 break addr.trim().to_string();
             }
@@ -68,6 +85,7 @@ impl Host {
         let host = Host {
             base,
             child: std::sync::Mutex::new(child),
+            log,
             _dir: dir,
         };
         host.wait_ready(Duration::from_secs(120));
@@ -78,7 +96,10 @@ impl Host {
         let started = Instant::now();
         loop {
             if let Some(status) = self.child.lock().unwrap().try_wait().expect("try_wait") {
-                panic!("infergate exited while loading: {status}");
+                panic!(
+                    "infergate exited while loading: {status}\n{}",
+                    tail(&self.log, LOG_TAIL_LINES)
+                );
             }
             if raw_get(&self.base, "/readyz").is_some_and(|s| s == 200) {
                 return;
@@ -89,6 +110,11 @@ impl Host {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// What the host has logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).expect("reading the host log")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -112,7 +138,23 @@ impl Drop for Host {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if std::thread::panicking() {
+            // Captured by the test harness and shown with the failure.
+            println!(
+                "---- the last {LOG_TAIL_LINES} lines of the host's log ----\n{}",
+                tail(&self.log, LOG_TAIL_LINES)
+            );
+        }
     }
+}
+
+const LOG_TAIL_LINES: usize = 40;
+
+/// The last `n` lines of the file at `path`.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// A minimal blocking GET returning the status code (used before any async runtime exists).

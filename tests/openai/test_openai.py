@@ -10,6 +10,8 @@ Environment:
   INFERGATE_SMALL_KEY  optional: a key whose tenant has a small token budget (fewer tokens a
                        day than the requests below ask for); INFERGATE_SMALL_TENANT names that
                        tenant (default `small`)
+  INFERGATE_METRICS_KEY optional: the admin or metrics key, which reads `/metrics` (for the
+                       budget test, with INFERGATE_SMALL_KEY)
   INFERGATE_SLOW_MOUNT optional: where the same plugin is mounted with a short wall-clock limit
                        (e.g. `/slow`), to see a stream cut by the host reach the client as an error
 
@@ -64,6 +66,15 @@ def stream_chat(client, messages, **params):
     return [(chunk, time.monotonic() - started) for chunk in stream]
 
 
+def warm(client, messages):
+    """Puts `messages` in the host's prompt cache. Requests compared for equal text must be
+    computed alike: a prompt prefilled whole and one served from the cache go through the
+    model in batches of other shapes, and at temperature 0 a near tie between two tokens may
+    then fall either way (llama.cpp's own server behaves the same). Once cached, a prompt is
+    computed the same way every time."""
+    chat(client, messages, max_tokens=1, temperature=0)
+
+
 def streamed_text(chunks):
     return "".join(
         c.choices[0].delta.content or "" for c, _ in chunks if c.choices
@@ -78,7 +89,11 @@ LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def metrics():
     """`/metrics` as {(name, frozenset of (label, value)): float}."""
-    with urllib.request.urlopen(URL + "/metrics", timeout=10) as r:
+    request = urllib.request.Request(
+        URL + "/metrics",
+        headers={"Authorization": "Bearer " + os.environ["INFERGATE_METRICS_KEY"]},
+    )
+    with urllib.request.urlopen(request, timeout=10) as r:
         text = r.read().decode()
     out = {}
     for line in text.splitlines():
@@ -140,9 +155,13 @@ def test_a_stream_arrives_while_it_is_generated(client):
     assert len(content) >= 8, f"{len(content)} content chunks"
     first, last = content[0][1], content[-1][1]
     print(f"first content after {first:.3f}s, last after {last:.3f}s, {len(content)} chunks")
-    # Streamed, not generated whole and then sent in pieces: the text comes over the time the
-    # 64 tokens take to generate, the first piece well before the last.
-    assert last - first >= 0.1 and first <= 0.75 * last, f"first {first:.3f}s, last {last:.3f}s"
+    # Streamed, not generated whole and then sent in pieces: the pieces come over the time the
+    # 64 tokens take to generate (a whole answer cut up would arrive within milliseconds), and
+    # not as one late straggler either: half of them come well before the last. (The time to
+    # the first piece is not compared: on a busy machine it can be any share of the total.)
+    middle = content[len(content) // 2][1]
+    assert last - first >= 0.1, f"first {first:.3f}s, last {last:.3f}s"
+    assert last - middle >= 0.05, f"middle {middle:.3f}s, last {last:.3f}s"
     finishes = [c.choices[0].finish_reason for c, _ in chunks if c.choices]
     assert finishes[-1] in ("stop", "length")
     assert all(f is None for f in finishes[:-1]), finishes
@@ -150,6 +169,7 @@ def test_a_stream_arrives_while_it_is_generated(client):
 
 
 def test_a_stream_ends_with_usage_when_asked(client):
+    warm(client, ask("Name three colours."))
     chunks = stream_chat(
         client,
         ask("Name three colours."),
@@ -176,6 +196,7 @@ def test_a_stream_ends_with_usage_when_asked(client):
 
 def test_temperature_zero_gives_the_same_text_streamed_and_whole(client):
     messages = ask("Explain in two sentences why the sky is blue.")
+    warm(client, messages)
     whole = chat(client, messages, max_tokens=40, temperature=0)
     streamed = streamed_text(stream_chat(client, messages, max_tokens=40, temperature=0))
     assert whole.choices[0].message.content == streamed
@@ -185,6 +206,7 @@ def test_temperature_zero_gives_the_same_text_streamed_and_whole(client):
 
 def test_a_seed_makes_sampling_reproducible(client):
     messages = ask("Tell me a very short story about a dragon.")
+    warm(client, messages)
 
     def sample(seed):
         r = chat(client, messages, max_tokens=24, temperature=0.8, seed=seed)
@@ -217,6 +239,7 @@ STOP = " 4"
 
 def test_a_stop_string_ends_the_answer_before_it(client):
     # Without the stop string the answer contains it (else the test would prove nothing)...
+    warm(client, COUNT)
     full = chat(client, COUNT, max_tokens=40, temperature=0).choices[0].message.content
     assert STOP in full, f"the control answer lacks {STOP!r}: {full!r}"
     expected = full[: full.index(STOP)]
@@ -322,8 +345,8 @@ def test_the_model_list_names_both_models(client):
 
 def test_a_generation_over_the_token_budget_is_refused_before_decoding():
     key = os.environ.get("INFERGATE_SMALL_KEY")
-    if not key:
-        pytest.skip("INFERGATE_SMALL_KEY is not set")
+    if not key or not os.environ.get("INFERGATE_METRICS_KEY"):
+        pytest.skip("INFERGATE_SMALL_KEY or INFERGATE_METRICS_KEY is not set")
     tenant = os.environ.get("INFERGATE_SMALL_TENANT", "small")
     small = make_client(key)
     before = metrics()
