@@ -68,6 +68,7 @@ WASM_DIR="$ROOT/target/wasm/wasm32-wasip2/release"
 NOOP_WASM="$WASM_DIR/noop.wasm"
 # The key of bench/infergate.toml; the peer is given the same one.
 API_KEY="bench-key-0123456789abcdef"
+METRICS_KEY="bench-metrics-0123456789abcdef"  # bench/infergate.toml's [admin] metrics_key
 INFERGATE_URL="http://127.0.0.1:18080"
 PEER_URL="http://127.0.0.1:18081"
 WASMTIME_URL="http://127.0.0.1:18082"
@@ -248,11 +249,11 @@ drive() {
     local threads=$((WRK_THREADS < connections ? WRK_THREADS : connections))
     local file="$RAW/$scenario.$system.$run.txt"
     # infergate's own account of the model's time (report.py reads the difference).
-    [[ "$system" == infergate ]] && curl -s "$INFERGATE_URL/metrics" >"$file.metrics-before"
+    [[ "$system" == infergate ]] && curl -s -H "Authorization: Bearer $METRICS_KEY" "$INFERGATE_URL/metrics" >"$file.metrics-before"
     BENCH_API_KEY="$API_KEY" BENCH_BODY_FILE="$body" \
         wrk -t "$threads" -c "$connections" -d "$duration" --latency -s bench/wrk.lua \
         "$(url_of "$system")$path" >"$file" 2>&1 || { cat "$file" >&2; exit 1; }
-    [[ "$system" == infergate ]] && curl -s "$INFERGATE_URL/metrics" >"$file.metrics-after"
+    [[ "$system" == infergate ]] && curl -s -H "Authorization: Bearer $METRICS_KEY" "$INFERGATE_URL/metrics" >"$file.metrics-after"
     if [[ "$run" == warmup ]]; then
         "$PYTHON" bench/report.py record "$scenario" "$system" 0 "$connections" "$file" >/dev/null
     else

@@ -50,11 +50,13 @@ models = ["digits"]
     )
 }
 
-/// An identity provider on loopback: OIDC discovery and a JWKS that tests can change.
+/// An identity provider on loopback: OIDC discovery and a JWKS that tests can change, and
+/// take down (`down`: it accepts connections and never answers).
 struct Idp {
     base: String,
     jwks: Arc<Mutex<Value>>,
     fetches: Arc<Mutex<u32>>,
+    down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Idp {
@@ -64,6 +66,7 @@ impl Idp {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let jwks = Arc::new(Mutex::new(jwks));
         let fetches = Arc::new(Mutex::new(0));
+        let down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (j, f, b) = (jwks.clone(), fetches.clone(), base.clone());
         let app = axum::Router::new()
             .route(
@@ -82,12 +85,25 @@ impl Idp {
                         axum::Json(j.lock().unwrap().clone())
                     }
                 }),
-            );
+            )
+            .layer(axum::middleware::from_fn({
+                let down = down.clone();
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let down = down.load(std::sync::atomic::Ordering::SeqCst);
+                    async move {
+                        if down {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                        }
+                        next.run(request).await
+                    }
+                }
+            }));
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Idp {
             base,
             jwks,
             fetches,
+            down,
         }
     }
 }
@@ -206,6 +222,7 @@ tenant = "acme"
 issuer = "{idp}"
 audience = ["{AUDIENCE}"]
 tenant_claim = "org_id"
+tenants = ["acme"]
 scopes_claim = "permissions"
 forward_claims = ["sub", "email"]
 refresh_interval_ms = 200
@@ -214,6 +231,7 @@ refresh_interval_ms = 200
 issuer = "hs-issuer"
 hs256_secret = "{HS_SECRET}"
 tenant = "acme"
+waive_audience = true
 default_scopes = ["*"]
 "#,
         idp = idp.base
@@ -298,7 +316,8 @@ async fn external_jwts_are_accepted_in_every_algorithm() {
     ] {
         let me = whoami_ok(&host, &sign(alg, Some(kid), &claims(&idp.base))).await;
         assert_eq!(me["tenant"], "acme", "{alg:?}");
-        assert_eq!(me["key_id"], "jwt:user-1");
+        // The subject is the issuer's: another issuer's `user-1` is someone else.
+        assert_eq!(me["key_id"], format!("jwt:{}#user-1", idp.base));
         assert_eq!(me["scopes"], json!(["plugin:hostile"]));
         assert_eq!(
             me["claims"],
@@ -384,6 +403,15 @@ async fn bad_tokens_are_refused_as_unauthorized() {
             ),
         ),
         ("unknown kid", sign(Algorithm::RS256, Some("nope"), &good)),
+        // Validly signed, but naming a tenant this issuer was not given.
+        (
+            "a tenant the issuer may not assert",
+            sign(
+                Algorithm::RS256,
+                Some("rsa1"),
+                &with("org_id", json!("globex")),
+            ),
+        ),
         (
             "key not for signatures",
             sign(Algorithm::RS256, Some("enc"), &good),
@@ -466,6 +494,78 @@ async fn a_rotated_issuer_key_is_fetched_and_unknown_kids_do_not_hammer_the_issu
         expect_error(r, 401, "unauthorized").await;
     }
     assert!(*idp.fetches.lock().unwrap() <= before + 2);
+}
+
+/// An identity provider that stops answering does not serialise JWT traffic behind its
+/// timeouts: tokens signed with keys already fetched keep working at once, also after the key
+/// set's TTL (it is refreshed in the background); a token with an unknown `kid` is refused at
+/// once while the provider is failing; and when it is back, new keys are fetched again.
+#[tokio::test]
+async fn an_identity_provider_outage_does_not_stall_jwt_traffic() {
+    let idp = Idp::start(initial_jwks()).await;
+    let host = Host::start(&small_config(&format!(
+        r#"
+[[auth.jwt]]
+issuer = "{idp}"
+audience = ["{AUDIENCE}"]
+tenant_claim = "org_id"
+tenants = ["acme"]
+scopes_claim = "permissions"
+jwks_ttl_s = 1
+refresh_interval_ms = 100
+"#,
+        idp = idp.base
+    )));
+    let known = sign(Algorithm::RS256, Some("rsa1"), &claims(&idp.base));
+    whoami_ok(&host, &known).await;
+
+    idp.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Past the TTL: the set is stale and its refresh hangs (the host gives up after 5 s).
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let started = Instant::now();
+    let calls = (0..16).map(|_| whoami_ok(&host, &known));
+    futures::future::join_all(calls).await;
+    let known_took = started.elapsed();
+    // Let the hanging refresh time out, so the host knows the provider is down.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let unknown = sign(Algorithm::RS256, Some("rsa2"), &claims(&idp.base));
+    let started = Instant::now();
+    let calls = (0..16).map(|_| whoami(&host, &unknown));
+    for r in futures::future::join_all(calls).await {
+        let body = expect_error(r, 401, "unauthorized").await;
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be fetched now"),
+            "{body}"
+        );
+    }
+    let unknown_took = started.elapsed();
+    println!(
+        "during the outage: 16 known-key calls in {known_took:?}, 16 unknown-kid refusals in {unknown_took:?}"
+    );
+    // Each would have waited out the 5 s fetch timeout in turn before.
+    assert!(known_took < Duration::from_secs(3), "{known_took:?}");
+    assert!(unknown_took < Duration::from_secs(3), "{unknown_took:?}");
+
+    // The provider is back, with a new key: after the backoff it is fetched.
+    idp.jwks.lock().unwrap()["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(rsa_jwk("rsa2", keys::RSA2_N, keys::RSA2_E));
+    idp.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = whoami(&host, &unknown).await;
+        if r.status() == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new key was never fetched");
+        // Slowly: refused credentials count towards the address's throttle.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(host.alive());
 }
 
 #[tokio::test]
@@ -990,4 +1090,96 @@ async fn revocation_reaches_every_instance_within_a_second() {
     }
     drop((a, b));
     db.drop_it().await;
+}
+
+/// Guessing credentials is throttled: once an address has had `max_failures_per_minute`
+/// credentials refused (API keys, the admin key, OAuth client secrets alike), its requests get
+/// 429 at once, before any lookup, while other addresses go on; a key id that is guessed at is
+/// throttled whatever the address. Health stays up for everyone.
+#[tokio::test]
+async fn refused_credentials_are_throttled_per_address_and_key_id() {
+    let host = Host::start(&small_config(
+        "[auth]\nmax_failures_per_minute = 5\n\n[limits]\ntrusted_proxies = [\"127.0.0.1\"]\n",
+    ));
+    let (id, key) = acme_database_key(&host).await;
+    let from = |ip: &str| {
+        let ip = ip.to_string();
+        move |r: reqwest::RequestBuilder| r.header("x-forwarded-for", ip.clone())
+    };
+    let c = reqwest::Client::new();
+    let whoami_as = |ip: &str, credential: &str| {
+        from(ip)(c.get(host.url("/hostile/whoami")).bearer_auth(credential)).send()
+    };
+
+    // Wrong API keys from one address: 5 refusals, then 429 even with the right key.
+    for i in 0..5 {
+        let r = whoami_as("203.0.113.1", &format!("wrong-key-{i}-0123456789"))
+            .await
+            .unwrap();
+        expect_error(r, 401, "unauthorized").await;
+    }
+    let r = whoami_as("203.0.113.1", &key).await.unwrap();
+    assert!(r.headers().contains_key("retry-after"));
+    expect_error(r, 429, "rate_limited").await;
+    let r = from("203.0.113.1")(c.get(host.url("/healthz")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Another address is not affected.
+    let r = whoami_as("203.0.113.2", &key).await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The admin key, guessed at from one address.
+    for _ in 0..5 {
+        let r = from("203.0.113.3")(
+            c.get(host.url("/admin/plugins"))
+                .bearer_auth("not-the-admin-key"),
+        )
+        .send()
+        .await
+        .unwrap();
+        expect_error(r, 401, "unauthorized").await;
+    }
+    let r = from("203.0.113.3")(admin().get(host.url("/admin/plugins")))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 429, "rate_limited").await;
+
+    // OAuth client secrets.
+    for _ in 0..5 {
+        let r = from("203.0.113.4")(
+            c.post(host.url("/oauth/token"))
+                .form(&[("grant_type", "client_credentials")])
+                .basic_auth(&id, Some("ig_wrong_secret")),
+        )
+        .send()
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = from("203.0.113.4")(
+        c.post(host.url("/oauth/token"))
+            .form(&[("grant_type", "client_credentials")])
+            .basic_auth(&id, Some(&key)),
+    )
+    .send()
+    .await
+    .unwrap();
+    expect_error(r, 429, "rate_limited").await;
+
+    // One key id guessed at from many addresses: that id is throttled everywhere, other keys
+    // are not.
+    let (other_id, other_key) = create_key(&host, json!({"tenant": "acme"})).await;
+    for i in 0..5 {
+        let guess = format!("ig_{other_id}_guess{i}");
+        let r = whoami_as(&format!("198.51.100.{i}"), &guess).await.unwrap();
+        expect_error(r, 401, "unauthorized").await;
+    }
+    let r = whoami_as("198.51.100.99", &other_key).await.unwrap();
+    expect_error(r, 429, "rate_limited").await;
+    let r = whoami_as("198.51.100.99", &key).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(host.alive());
 }

@@ -2,7 +2,9 @@
 
 use serde_json::json;
 
-use crate::harness::{API_KEY, client, expect_error, shared};
+use crate::harness::{
+    API_KEY, Host, admin, client, client_with, expect_error, shared, standard_config,
+};
 
 #[tokio::test]
 async fn health_and_readiness() {
@@ -10,7 +12,7 @@ async fn health_and_readiness() {
     let r = reqwest::get(host.url("/healthz")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers().contains_key("x-request-id"));
-    let r = reqwest::get(host.url("/readyz")).await.unwrap();
+    let r = admin().get(host.url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     let names: Vec<&str> = body["plugins"]
@@ -239,7 +241,8 @@ async fn a_restart_reuses_compiled_plugins() {
     let caches = |host: &crate::harness::Host| {
         let url = host.url("/readyz");
         async move {
-            let body: serde_json::Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+            let r = admin().get(url).send().await.unwrap();
+            let body: serde_json::Value = r.json().await.unwrap();
             body["plugins"]
                 .as_array()
                 .unwrap()
@@ -289,6 +292,18 @@ async fn openapi_is_derived_from_manifests() {
         "request schema from the plugin's types: {schema}"
     );
     assert!(doc["paths"]["/embed/embeddings"]["post"].is_object());
+    // Every `$ref` resolves within the document (the plugins' own `$defs` are hoisted into
+    // components), and a real OpenAPI validator accepts it.
+    let mut refs = Vec::new();
+    collect_refs(&doc, &mut refs);
+    assert!(refs.len() > 1, "{refs:?}");
+    for r in &refs {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("not local: {r}"));
+        assert!(doc.pointer(pointer).is_some(), "{r} does not resolve");
+    }
+    validate_openapi(&doc);
     let page = reqwest::get(host.url("/docs")).await.unwrap();
     assert_eq!(page.status(), 200);
     assert!(page.text().await.unwrap().contains("/openapi.json"));
@@ -314,7 +329,7 @@ async fn metrics_count_requests_by_route_and_models_by_name() {
         .await
         .unwrap();
     assert_eq!(r.status(), 422);
-    let r = reqwest::get(host.url("/metrics")).await.unwrap();
+    let r = admin().get(host.url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(
         r.headers()["content-type"]
@@ -343,5 +358,117 @@ async fn metrics_count_requests_by_route_and_models_by_name() {
         value(r#"infergate_model_compute_seconds_count{model="digits"}"#),
         value(r#"infergate_model_completed_total{model="digits"}"#)
             + value(r#"infergate_model_failed_total{model="digits"}"#)
+    );
+}
+
+/// Plugin names (tenants' private plugins among them) are the operator's to see: `/readyz` tells
+/// anyone only whether the host is ready, and `/metrics` needs the admin key or the metrics key
+/// unless the operator made it public. Short secrets are refused at start-up.
+#[tokio::test]
+async fn plugin_names_are_shown_only_to_the_operator() {
+    const METRICS_KEY: &str = "metrics-key-0123456789";
+    let host = Host::start(&standard_config(&format!(
+        "[admin]\nmetrics_key = \"{METRICS_KEY}\"\n"
+    )));
+    for c in [reqwest::Client::new(), client(), client_with(METRICS_KEY)] {
+        let r = c.get(host.url("/readyz")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body, json!({"status": "ready"}));
+    }
+    let r = admin().get(host.url("/readyz")).send().await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["plugins"].as_array().map(Vec::len), Some(4), "{body}");
+
+    let r = reqwest::get(host.url("/metrics")).await.unwrap();
+    expect_error(r, 401, "unauthorized").await;
+    let r = client().get(host.url("/metrics")).send().await.unwrap();
+    expect_error(r, 401, "unauthorized").await;
+    for c in [admin(), client_with(METRICS_KEY)] {
+        let r = c.get(host.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("infergate_model_completed_total")
+        );
+    }
+    // The metrics key opens nothing else.
+    let r = client_with(METRICS_KEY)
+        .get(host.url("/admin/plugins"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "unauthorized").await;
+    drop(host);
+
+    let open = Host::start(&standard_config("[admin]\npublic_metrics = true\n"));
+    let r = reqwest::get(open.url("/metrics")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    drop(open);
+
+    for (name, value) in [
+        ("INFERGATE_ADMIN_KEY", "admin-short"),
+        ("INFERGATE_API_KEY", "short-key"),
+        ("INFERGATE_METRICS_KEY", "0123456789abcde"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("INFERGATE_ADMIN_KEY", "admin-key-0123456789abcdef")
+            .env("INFERGATE_API_KEY", "test-key-0123456789abcdef")
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("at least 16 characters"), "{stderr}");
+    }
+}
+
+fn collect_refs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            if let Some(serde_json::Value::String(r)) = map.get("$ref") {
+                out.push(r.clone());
+            }
+            map.values().for_each(|v| collect_refs(v, out));
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
+    }
+}
+
+/// Checks `doc` with `openapi-spec-validator` (tests/requirements.txt; required in CI).
+fn validate_openapi(doc: &serde_json::Value) {
+    use std::io::Write as _;
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import openapi_spec_validator"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI requires openapi-spec-validator (pip install -r tests/requirements.txt)"
+        );
+        eprintln!("skipping the OpenAPI validator: pip install -r tests/requirements.txt");
+        return;
+    }
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(doc.to_string().as_bytes()).unwrap();
+    let out = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import json, sys\n\
+             from openapi_spec_validator import validate\n\
+             validate(json.load(open(sys.argv[1])))",
+        ])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openapi-spec-validator refused the document:\n{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

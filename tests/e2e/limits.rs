@@ -321,7 +321,10 @@ limit = "3/minute"
     }
     println!("outage: 20 requests answered in {:?}", started.elapsed());
     assert!(open.alive() && closed.alive());
-    let metrics = c.get(open.url("/metrics")).fetch_text().await;
+    let metrics = crate::harness::admin()
+        .get(open.url("/metrics"))
+        .fetch_text()
+        .await;
     let errors: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("infergate_limit_store_errors_total "))

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod files;
 mod generation;
 mod http_basics;
 mod limits;

@@ -42,7 +42,10 @@ models = ["digits"]
 
 /// A model's (inferences that ran batched, backend calls) from the host's `/metrics`.
 async fn batch_counters(host: &crate::harness::Host, model: &str) -> (f64, f64) {
-    let metrics = client().get(host.url("/metrics")).fetch_text().await;
+    let metrics = crate::harness::admin()
+        .get(host.url("/metrics"))
+        .fetch_text()
+        .await;
     let value = |name: &str| -> f64 {
         metrics
             .lines()

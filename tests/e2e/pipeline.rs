@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 use crate::harness::{Host, client, client_with, expect_error, standard_config};
 
 async fn scrape(host: &Host) -> String {
-    reqwest::get(host.url("/metrics"))
+    crate::harness::admin()
+        .get(host.url("/metrics"))
+        .send()
         .await
         .unwrap()
         .text()

@@ -604,3 +604,124 @@ max_memory_bytes = 33554432
         .unwrap();
     expect_error(r, 403, "forbidden").await;
 }
+
+/// Tenant self-deploys are held to what the operator allows: a credential needs the `deploy`
+/// scope; every sandbox limit has a cap; `max_plugins` holds under concurrent uploads; a failed
+/// deploy leaves nothing behind.
+#[tokio::test]
+async fn tenant_deploys_need_the_deploy_scope_and_stay_within_every_cap() {
+    const FULL: &str = "acme-full-0123456789abcdef";
+    const CALLER: &str = "acme-call-0123456789abcdef";
+    let host = empty_host(&format!(
+        r#"[auth]
+api_keys = [{{ id = "full", key = "{FULL}", tenant = "acme" }}, {{ id = "caller", key = "{CALLER}", tenant = "acme", scopes = ["plugin:*"] }}]
+[tenant_plugins]
+enabled = true
+max_plugins = 2
+max_concurrency = 4
+"#
+    ));
+    let put = |key: &'static str, name: &str, query: &str, body: Vec<u8>| {
+        reqwest::Client::new()
+            .put(host.url(&format!("/tenant/plugins/{name}{query}")))
+            .bearer_auth(key)
+            .body(body)
+            .send()
+    };
+
+    // A key that may call plugins may not change them, nor list them.
+    let r = put(CALLER, "greeter", "", bytes("greeter_v1"))
+        .await
+        .unwrap();
+    let e = expect_error(r, 403, "forbidden").await;
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains("`deploy`"),
+        "{e}"
+    );
+    let r = client_with(CALLER)
+        .get(host.url("/tenant/plugins"))
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 403, "forbidden").await;
+
+    // Every limit has its cap.
+    let r = put(FULL, "greeter", "?max_concurrency=5", bytes("greeter_v1"))
+        .await
+        .unwrap();
+    let e = expect_error(r, 422, "invalid_request").await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_concurrency"),
+        "{e}"
+    );
+    for query in [
+        "?max_request_bytes=1073741824",
+        "?max_response_bytes=1073741824",
+    ] {
+        let r = put(FULL, "greeter", query, bytes("greeter_v1"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 422, "{query}");
+    }
+
+    // A deploy that fails leaves no entry.
+    let r = put(FULL, "broken", "", b"not a component".to_vec())
+        .await
+        .unwrap();
+    expect_error(r, 422, "invalid_plugin").await;
+    let all: Value = admin().get(host.url("/admin/plugins")).fetch_json().await;
+    assert_eq!(all["plugins"], json!([]), "{all}");
+
+    // Four uploads at once under max_plugins = 2: two get in.
+    let uploads = ["a", "b", "c", "d"].map(|n| put(FULL, n, "", bytes("greeter_v1")));
+    let statuses: Vec<u16> = futures::future::join_all(uploads)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap().status().as_u16())
+        .collect();
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(ok, 2, "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == 200 || *s == 403),
+        "{statuses:?}"
+    );
+    let all: Value = admin().get(host.url("/admin/plugins")).fetch_json().await;
+    assert_eq!(all["plugins"].as_array().unwrap().len(), 2, "{all}");
+    // What it got runs with the caps as its limits.
+    let list: Value = client_with(FULL)
+        .get(host.url("/tenant/plugins"))
+        .fetch_json()
+        .await;
+    assert_eq!(list["plugins"].as_array().unwrap().len(), 2, "{list}");
+}
+
+/// A manifest that declares 100,000 routes is refused (422, naming the bound) and does not
+/// hold up the registry: the plugin list and another deploy go through while it is read.
+#[tokio::test]
+async fn a_sprawling_manifest_is_refused_without_stalling_the_registry() {
+    let host = empty_host("");
+    let sprawl = tokio::spawn(
+        admin()
+            .put(host.url("/admin/plugins/sprawl"))
+            .header("content-type", "application/wasm")
+            .body(bytes("sprawl"))
+            .send(),
+    );
+    let list: Value = admin().get(host.url("/admin/plugins")).fetch_json().await;
+    assert!(list["plugins"].is_array());
+    let r = deploy(&host, "greeter", bytes("greeter_v1"), "").await;
+    assert_eq!(r.status(), 200);
+    let r = sprawl.await.unwrap().unwrap();
+    let e = expect_error(r, 422, "invalid_plugin").await;
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 256"),
+        "{e}"
+    );
+    assert!(host.alive());
+}

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{client, expect_error, shared};
+use crate::harness::{Host, client, expect_error, shared};
 
 async fn digits_ok(c: &reqwest::Client, base: &str) -> Duration {
     let started = Instant::now();
@@ -286,4 +286,83 @@ async fn a_plugin_answers_only_with_final_statuses() {
         assert_eq!(r.status().as_u16(), code);
     }
     digits_ok(&c, &host.base).await;
+}
+
+/// What a plugin logs cannot pass for the host's own lines: in text logs its message and fields
+/// are escaped (no line breaks, no escape sequences), in JSON logs they are strings of one
+/// event; and a log that is not a terminal carries no colour codes.
+#[tokio::test]
+async fn a_plugin_cannot_forge_host_log_lines() {
+    const FORGED: &str =
+        "2026-01-01T00:00:00.000000Z  INFO infergate: plugin deployed plugin=\"evil\"";
+    let line = json!({
+        "message": format!("innocent\n{FORGED}\r\n\u{1b}[2K\u{85}tail"),
+        "fields": {"note": format!("x\n{FORGED}"), "key\nwith break": "v"},
+    });
+
+    let text = Host::start(&crate::harness::standard_config(""));
+    let r = client()
+        .post(text.url("/hostile/log"))
+        .json(&line)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = text.log_text();
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file:\n{log}"
+    );
+    let ours: Vec<&str> = log.lines().filter(|l| l.contains("innocent")).collect();
+    assert_eq!(ours.len(), 1, "{log}");
+    assert!(
+        ours[0].contains(r"innocent\n2026-01-01T00:00:00.000000Z"),
+        "{}",
+        ours[0]
+    );
+    assert!(ours[0].contains(r"\r\n\u{1b}[2K\u{85}tail"), "{}", ours[0]);
+    assert!(ours[0].contains(r"note=x\n2026-01-01"), "{}", ours[0]);
+    assert!(ours[0].contains(r"key\nwith break=v"), "{}", ours[0]);
+    for l in log.lines() {
+        assert!(!l.starts_with("2026-01-01T00:00:00"), "a forged line: {l}");
+        assert!(
+            !l.starts_with("tail") && !l.starts_with("with break"),
+            "{l}"
+        );
+    }
+
+    let json_host = Host::start_with_env(
+        &crate::harness::standard_config(""),
+        &[("INFERGATE_LOG_FORMAT", "json")],
+    );
+    let r = client()
+        .post(json_host.url("/hostile/log"))
+        .json(&line)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let log = json_host.log_text();
+    let events: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let ours: Vec<&Value> = events.iter().filter(|e| e["target"] == "plugin").collect();
+    assert_eq!(ours.len(), 1, "{log}");
+    assert_eq!(ours[0]["fields"]["message"], line["message"]);
+    assert_eq!(ours[0]["fields"]["plugin"], "hostile");
+    assert_eq!(ours[0]["level"], "WARN");
+
+    // A format that does not exist is refused at start-up, naming it.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_infergate"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("INFERGATE_LOG_FORMAT", "jsonl")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("INFERGATE_LOG_FORMAT is `jsonl`"),
+        "{stderr}"
+    );
 }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -96,8 +95,8 @@ impl Runtime {
             .map_err(|e| wasm_err("infergate:plugin/llm", e))?;
 
         if let Some(dir) = &options.cache_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the compile cache {}", dir.display()))?;
+            crate::private_dir::ensure(dir, "compile cache")?;
+            tracing::info!(dir = %dir.display(), "compile cache");
         }
         let ticker = EpochTicker::start(engine.clone());
         Ok(Self {

@@ -17,6 +17,8 @@
 //! - [`llm_host`]: the `infergate:plugin/llm` interface: text generation on granted language
 //!   models, with the tenant's token budget charged before decoding.
 //! - [`plugin`]: loading a plugin and calling it for one request.
+//! - [`private_dir`]: directories whose contents the host trusts later (the compile cache), made
+//!   and checked private to this user.
 
 pub mod bindings;
 pub mod engine;
@@ -26,6 +28,7 @@ pub mod llm_host;
 pub mod manifest;
 pub mod nn_host;
 pub mod plugin;
+pub mod private_dir;
 pub mod state;
 
 pub use engine::{Runtime, RuntimeOptions};

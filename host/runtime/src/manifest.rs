@@ -8,6 +8,20 @@ use crate::bindings::wit_manifest;
 /// HTTP methods a route may declare.
 pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
 
+/// What one manifest may declare: a plugin is an endpoint or a few, not a way to keep the
+/// host busy validating (everything below is checked in one linear pass).
+pub const MAX_ROUTES: usize = 256;
+/// Longest JSON Schema of one route's request or response.
+pub const MAX_SCHEMA_BYTES: usize = 256 << 10;
+/// All of a manifest's text together (schemas, summaries, paths, names).
+pub const MAX_MANIFEST_BYTES: usize = 2 << 20;
+/// Longest route path, summary, description, version; most scopes per route, models wanted.
+const MAX_PATH_BYTES: usize = 512;
+const MAX_TEXT_BYTES: usize = 4096;
+const MAX_VERSION_BYTES: usize = 64;
+const MAX_SCOPES: usize = 32;
+const MAX_MODELS: usize = 64;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Manifest {
     pub name: String,
@@ -99,9 +113,75 @@ impl Manifest {
                 m.name
             ));
         }
+        if m.routes.len() > MAX_ROUTES {
+            return Err(format!(
+                "it declares {} routes; a plugin may declare at most {MAX_ROUTES}",
+                m.routes.len()
+            ));
+        }
+        if m.models.len() > MAX_MODELS {
+            return Err(format!(
+                "it wants {} models; at most {MAX_MODELS}",
+                m.models.len()
+            ));
+        }
+        let too_long = |what: &str, text: &str, max: usize| {
+            (text.len() > max).then(|| format!("{what} is {} bytes; at most {max}", text.len()))
+        };
+        let total: usize = [&m.name, &m.version, &m.description]
+            .iter()
+            .map(|s| s.len())
+            .chain(m.models.iter().map(String::len))
+            .chain(m.routes.iter().map(|r| {
+                r.method.len()
+                    + r.path.len()
+                    + r.summary.len()
+                    + r.request_schema.as_ref().map_or(0, String::len)
+                    + r.response_schema.as_ref().map_or(0, String::len)
+                    + r.scopes.iter().map(String::len).sum::<usize>()
+            }))
+            .sum();
+        if total > MAX_MANIFEST_BYTES {
+            return Err(format!(
+                "it is {total} bytes of text; a manifest may have at most {MAX_MANIFEST_BYTES}"
+            ));
+        }
+        if let Some(e) = too_long("the version", &m.version, MAX_VERSION_BYTES)
+            .or_else(|| too_long("the description", &m.description, MAX_TEXT_BYTES))
+        {
+            return Err(e);
+        }
         let mut seen = HashSet::new();
         let mut routes = Vec::with_capacity(m.routes.len());
         for r in m.routes {
+            let at = |what: &str| {
+                format!(
+                    "route `{} {}`: {what}",
+                    r.method,
+                    r.path.chars().take(64).collect::<String>()
+                )
+            };
+            if let Some(e) = too_long("the path", &r.path, MAX_PATH_BYTES)
+                .or_else(|| too_long("the summary", &r.summary, MAX_TEXT_BYTES))
+                .or_else(|| {
+                    r.request_schema
+                        .as_deref()
+                        .and_then(|s| too_long("the request schema", s, MAX_SCHEMA_BYTES))
+                })
+                .or_else(|| {
+                    r.response_schema
+                        .as_deref()
+                        .and_then(|s| too_long("the response schema", s, MAX_SCHEMA_BYTES))
+                })
+            {
+                return Err(at(&e));
+            }
+            if r.scopes.len() > MAX_SCOPES {
+                return Err(at(&format!(
+                    "{} scopes; at most {MAX_SCOPES}",
+                    r.scopes.len()
+                )));
+            }
             let method_name = r.method.to_ascii_uppercase();
             if !METHODS.contains(&method_name.as_str()) {
                 return Err(format!(
@@ -232,5 +312,51 @@ mod tests {
         let mut r = route("POST", "/a");
         r.request_schema = Some("{not json".into());
         assert!(Manifest::from_wit(manifest(vec![r])).is_err());
+    }
+
+    #[test]
+    fn bounds_what_a_manifest_may_declare() {
+        let many: Vec<_> = (0..=MAX_ROUTES)
+            .map(|i| route("GET", &format!("/r{i}")))
+            .collect();
+        let e = Manifest::from_wit(manifest(many)).unwrap_err();
+        assert!(e.contains("at most 256"), "{e}");
+        let enough: Vec<_> = (0..MAX_ROUTES)
+            .map(|i| route("GET", &format!("/r{i}")))
+            .collect();
+        assert!(Manifest::from_wit(manifest(enough)).is_ok());
+
+        let mut r = route("POST", "/a");
+        r.request_schema = Some(format!(
+            "{{\"description\": \"{}\"}}",
+            "x".repeat(MAX_SCHEMA_BYTES)
+        ));
+        let e = Manifest::from_wit(manifest(vec![r])).unwrap_err();
+        assert!(
+            e.contains("the request schema is") && e.contains("POST /a"),
+            "{e}"
+        );
+
+        // Under each limit, over the total.
+        let big = format!(
+            "{{\"description\": \"{}\"}}",
+            "x".repeat(MAX_SCHEMA_BYTES - 64)
+        );
+        let routes: Vec<_> = (0..10)
+            .map(|i| {
+                let mut r = route("POST", &format!("/r{i}"));
+                r.request_schema = Some(big.clone());
+                r
+            })
+            .collect();
+        let e = Manifest::from_wit(manifest(routes)).unwrap_err();
+        assert!(e.contains("a manifest may have at most"), "{e}");
+
+        let mut r = route("GET", "/a");
+        r.scopes = vec!["s".into(); MAX_SCOPES + 1];
+        assert!(Manifest::from_wit(manifest(vec![r])).is_err());
+        let mut m = manifest(vec![]);
+        m.version = "v".repeat(65);
+        assert!(Manifest::from_wit(m).is_err());
     }
 }

@@ -92,6 +92,7 @@ issuer = "{idp}"
 jwks_url = "{idp}/jwks"
 audience = ["bench"]
 tenant_claim = "org_id"
+tenants = ["acme"]
 [[auth.jwt]]
 issuer = "hs"
 hs256_secret = "{HS_SECRET}"

@@ -48,6 +48,7 @@ models = ["digits"]
     );
     let config = Config::parse(&config, root).unwrap();
     let mut config = config;
+    config.admin.key = Some(ADMIN.into());
     config.auth.database = Some(cache.join("auth.db").display().to_string());
     let keys = infergate::auth::Auth::new(&config.auth, Some(KEY))
         .await
@@ -56,15 +57,9 @@ models = ["digits"]
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let started = Instant::now();
-    let task = tokio::spawn(infergate::run(
-        listener,
-        config,
-        keys,
-        Some(ADMIN.into()),
-        async {
-            let _ = stopped.await;
-        },
-    ));
+    let task = tokio::spawn(infergate::run(listener, config, keys, async {
+        let _ = stopped.await;
+    }));
     let client = reqwest::Client::new();
     loop {
         if let Ok(r) = client.get(format!("{base}/readyz")).send().await

@@ -38,6 +38,10 @@ use crate::registry::{ModelConfig, PluginSettings};
 pub struct AdminConfig {
     /// The admin credential; else `INFERGATE_ADMIN_KEY`. Without one the admin API is off.
     pub key: Option<String>,
+    /// A credential that reads `/metrics` and nothing else; else `INFERGATE_METRICS_KEY`.
+    pub metrics_key: Option<String>,
+    /// `/metrics` without a credential (its series name every plugin, tenants' included).
+    pub public_metrics: bool,
     /// Largest plugin upload accepted, in bytes.
     pub max_upload_bytes: usize,
     /// Earlier versions kept per plugin for rollback.
@@ -48,6 +52,8 @@ impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             key: None,
+            metrics_key: None,
+            public_metrics: false,
             max_upload_bytes: 64 << 20,
             versions_kept: 5,
         }
@@ -63,10 +69,14 @@ pub struct TenantPluginsConfig {
     /// Plugins one tenant may have.
     pub max_plugins: usize,
     pub max_upload_bytes: usize,
-    /// Highest `memory_bytes`, `cpu_ms` and `wall_ms` a tenant may ask for.
+    /// The most a tenant plugin may ask for of each sandbox limit; what it does not ask for
+    /// is the lower of the plugin default and this.
     pub max_memory_bytes: usize,
     pub max_cpu_ms: u64,
     pub max_wall_ms: u64,
+    pub max_concurrency: usize,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
     /// Models tenant plugins may be granted.
     pub models: Vec<String>,
 }
@@ -80,6 +90,9 @@ impl Default for TenantPluginsConfig {
             max_memory_bytes: 64 << 20,
             max_cpu_ms: 1_000,
             max_wall_ms: 10_000,
+            max_concurrency: 8,
+            max_request_bytes: 1 << 20,
+            max_response_bytes: 4 << 20,
             models: Vec::new(),
         }
     }
@@ -125,6 +138,7 @@ impl From<ChangeError> for ApiError {
             ChangeError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", message),
             ChangeError::NotFound(_) => ApiError::not_found(message),
             ChangeError::NotReady => ApiError::not_ready(),
+            ChangeError::Limit(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
         }
     }
 }
@@ -297,8 +311,13 @@ async fn delete_model(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// A caller of the tenant API: any valid API key, when tenant deploys are enabled.
+/// A caller of the tenant API: a credential with the `deploy` scope (or `*`), when tenant
+/// deploys are enabled. A key scoped to calling plugins cannot change them.
 pub struct TenantCaller(Principal);
+
+/// The scope that lets a tenant's credential list, deploy, replace, roll back and remove the
+/// tenant's plugins.
+pub const DEPLOY_SCOPE: &str = "deploy";
 
 impl<S> FromRequestParts<S> for TenantCaller
 where
@@ -316,6 +335,15 @@ where
                 "forbidden",
                 "tenant plugin deploys are disabled on this host",
             ));
+        }
+        if !principal
+            .scopes
+            .iter()
+            .any(|s| s == "*" || s == DEPLOY_SCOPE)
+        {
+            return Err(crate::auth::forbidden(format!(
+                "managing the tenant's plugins needs scope `{DEPLOY_SCOPE}`"
+            )));
         }
         Ok(TenantCaller(principal))
     }
@@ -403,18 +431,28 @@ async fn tenant_put(
         memory_bytes: d.memory_bytes.min(policy.max_memory_bytes),
         cpu_ms: d.cpu_ms.min(policy.max_cpu_ms),
         wall_ms: d.wall_ms.min(policy.max_wall_ms),
-        ..d
+        max_concurrency: d.max_concurrency.min(policy.max_concurrency),
+        max_request_bytes: d.max_request_bytes.min(policy.max_request_bytes),
+        max_response_bytes: d.max_response_bytes.min(policy.max_response_bytes),
     };
     let mut settings = query.settings(capped);
     let l = &settings.limits;
+    let p = policy;
     for (what, asked, max) in [
+        ("memory_bytes", l.memory_bytes, p.max_memory_bytes),
+        ("cpu_ms", l.cpu_ms as usize, p.max_cpu_ms as usize),
+        ("wall_ms", l.wall_ms as usize, p.max_wall_ms as usize),
+        ("max_concurrency", l.max_concurrency, p.max_concurrency),
         (
-            "memory_bytes",
-            l.memory_bytes as u64,
-            policy.max_memory_bytes as u64,
+            "max_request_bytes",
+            l.max_request_bytes,
+            p.max_request_bytes,
         ),
-        ("cpu_ms", l.cpu_ms, policy.max_cpu_ms),
-        ("wall_ms", l.wall_ms, policy.max_wall_ms),
+        (
+            "max_response_bytes",
+            l.max_response_bytes,
+            p.max_response_bytes,
+        ),
     ] {
         if asked > max {
             return Err(ApiError::unprocessable(format!(
@@ -427,23 +465,15 @@ async fn tenant_put(
             "model `{model}` is not available to tenant plugins"
         )));
     }
-    let mine = state.registry.owned_by(&who.tenant).await;
-    if !mine.contains(&full) && mine.len() >= policy.max_plugins {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            format!("a tenant may have at most {} plugins", policy.max_plugins),
-        ));
-    }
     settings.mount = Some(format!("/t/{}/{name}", who.tenant));
     let mounted = state
         .registry
-        .deploy(
+        .deploy_for_tenant(
             &full,
             body.to_vec().into(),
             settings,
-            Source::Tenant,
-            Some(&who.tenant),
+            &who.tenant,
+            policy.max_plugins,
         )
         .await?;
     Ok(Json(describe(&mounted)))

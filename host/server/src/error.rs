@@ -85,9 +85,17 @@ impl ApiError {
     }
 }
 
+/// On a response whose request the host refused for its credential: the failed-authentication
+/// throttle (`pipeline::failures`) counts these, and not a plugin's own 401s.
+#[derive(Clone, Copy, Debug)]
+pub struct CredentialRefused;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = (self.status, Json(self.body())).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.extensions_mut().insert(CredentialRefused);
+        }
         if let Some(after) = self.retry_after {
             let secs = after.as_secs_f64().ceil().max(1.0) as u64;
             response

@@ -14,21 +14,25 @@ use infergate_runtime::engine::CacheOutcome;
 use serde_json::{Value, json};
 
 use crate::auth::Auth;
+use crate::auth::operator::{Admin, MetricsReader};
 use crate::error::ApiError;
 use crate::pipeline::admission::HostAdmission;
+use crate::pipeline::failures::Failures;
 use crate::pipeline::overload::Overload;
-use crate::pipeline::{admission, metrics, overload, plugin, request_id};
+use crate::pipeline::{admission, failures, metrics, overload, plugin, request_id};
 use crate::quota::Quotas;
 use crate::registry::{Mounted, Registry};
 use crate::state::AppState;
 use crate::telemetry::Metrics;
 
-/// Sizes the app takes from the config.
+/// Limits the app takes from the config.
 pub struct AppLimits {
     /// Largest plugin upload through the admin API.
     pub max_upload_bytes: usize,
     /// Largest plugin upload through the tenant API.
     pub tenant_max_upload_bytes: usize,
+    /// Refused credentials per client address or key id and minute (`[auth]`).
+    pub max_auth_failures_per_minute: u32,
 }
 
 pub fn app(state: AppState, overload: Overload, limits: &AppLimits) -> Router {
@@ -52,8 +56,13 @@ pub fn app(state: AppState, overload: Overload, limits: &AppLimits) -> Router {
             admission::admit,
         ))
         .route_layer(middleware::from_fn(metrics::label_host_route));
+    let failures = Failures::new(limits.max_auth_failures_per_minute, state.quotas.clone());
     host.fallback(plugin::serve)
         .with_state(state.clone())
+        .layer(middleware::from_fn_with_state(
+            Arc::new(failures),
+            failures::throttle,
+        ))
         .layer(middleware::from_fn_with_state(
             Arc::new(overload),
             overload::guard,
@@ -69,8 +78,11 @@ async fn healthz() -> impl IntoResponse {
     axum::Json(json!({"status": "ok"}))
 }
 
-async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
+/// Ready or not, for anyone; which plugins are loaded and whether each came from the compile
+/// cache only for the operator (the names include tenants' private plugins).
+async fn readyz(admin: Result<Admin, ApiError>, State(registry): State<Arc<Registry>>) -> Response {
     match registry.snapshot() {
+        Some(_) if admin.is_err() => axum::Json(json!({"status": "ready"})).into_response(),
         Some(snapshot) => {
             let plugins: Vec<Value> = snapshot
                 .plugins
@@ -90,6 +102,7 @@ async fn readyz(State(registry): State<Arc<Registry>>) -> Response {
 }
 
 async fn render_metrics(
+    _: MetricsReader,
     State(metrics): State<Arc<Metrics>>,
     State(registry): State<Arc<Registry>>,
     State(quotas): State<Arc<Quotas>>,

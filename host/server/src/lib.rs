@@ -10,7 +10,7 @@
 //! - [`auth`]: who is calling (API keys, JWTs, host-issued OAuth2 tokens), tenants, and what
 //!   each may call; the `/oauth` token endpoint and the admin API for tenants and keys.
 //! - [`quota`]: rate limits, token and compute quotas, concurrency caps; memory or Redis.
-//! - [`telemetry`]: request and model metrics, rendered for Prometheus at `/metrics`.
+//! - [`telemetry`]: request and model metrics, rendered for Prometheus at `/metrics`; log lines.
 //! - [`openapi`]: the OpenAPI document derived from manifests, and the `/docs` page.
 //! - [`watch`]: the watched plugins directory.
 //! - [`builtin`]: first-party plugins compiled into the binary.
@@ -61,7 +61,6 @@ pub async fn run(
     listener: TcpListener,
     config: Config,
     auth: Arc<auth::Auth>,
-    admin_key: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
@@ -69,7 +68,12 @@ pub async fn run(
     let state = AppState::new(state::Parts {
         registry: Arc::new(Registry::default()),
         auth,
-        admin_key: Arc::new(auth::operator::AdminKey::new(admin_key.as_deref())),
+        admin_key: Arc::new(auth::operator::AdminKey::new(config.admin.key.as_deref())),
+        metrics_access: Arc::new(auth::operator::MetricsAccess::new(
+            config.admin.public_metrics,
+            config.admin.key.as_deref(),
+            config.admin.metrics_key.as_deref(),
+        )),
         quotas,
         metrics: Arc::new(telemetry::Metrics::default()),
         tenant_plugins: Arc::new(config.tenant_plugins.clone()),
@@ -77,6 +81,7 @@ pub async fn run(
     let limits = http::AppLimits {
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,
+        max_auth_failures_per_minute: config.auth.max_failures_per_minute,
     };
     let overload = pipeline::overload::Overload::new(&config.server);
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
@@ -156,11 +161,7 @@ async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<wa
 }
 
 fn default_cache_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("infergate")
+    infergate_runtime::private_dir::user_dir("XDG_CACHE_HOME", ".cache")
 }
 
 /// Where the embedded default finds its bundled models: `INFERGATE_HOME`, else the source tree

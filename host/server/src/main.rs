@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use infergate::auth::generate_key;
+use infergate::auth::operator::check_secret;
 use infergate::config::Config;
 use tokio::net::TcpListener;
 
@@ -102,13 +103,7 @@ enum TenantsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("INFERGATE_LOG")
-                .unwrap_or_else(|_| "info,wasmtime=warn,cranelift=warn,llama-cpp-2=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    infergate::telemetry::logs::init(infergate::telemetry::logs::Format::from_env()?);
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
@@ -127,28 +122,53 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let auth = infergate::auth::Auth::new(&config.auth, env_key(&config).as_deref()).await?;
+    config.admin.key = config
+        .admin
+        .key
+        .take()
+        .or_else(|| env_secret("INFERGATE_ADMIN_KEY"));
+    config.admin.metrics_key =
+        (config.admin.metrics_key.take()).or_else(|| env_secret("INFERGATE_METRICS_KEY"));
+    config.auth.encryption_key =
+        (config.auth.encryption_key.take()).or_else(|| env_secret("INFERGATE_ENCRYPTION_KEY"));
+    let api_key = env_key(&config);
+    for (name, secret) in [
+        ("INFERGATE_API_KEY", &api_key),
+        (
+            "the admin key (INFERGATE_ADMIN_KEY or [admin] key)",
+            &config.admin.key,
+        ),
+        (
+            "the metrics key (INFERGATE_METRICS_KEY or [admin] metrics_key)",
+            &config.admin.metrics_key,
+        ),
+    ] {
+        if let Some(secret) = secret {
+            check_secret(name, secret).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let auth = infergate::auth::Auth::new(&config.auth, api_key.as_deref()).await?;
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("infergate listening on http://{addr}");
-    let admin_key = config.admin.key.clone().or_else(|| {
-        std::env::var("INFERGATE_ADMIN_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-    });
-    if admin_key.is_none() {
+    if config.admin.key.is_none() {
         tracing::info!("no admin key (INFERGATE_ADMIN_KEY or [admin] key): the admin API is off");
     }
-    infergate::run(listener, config, auth, admin_key, shutdown_signal()).await
+    infergate::run(listener, config, auth, shutdown_signal()).await
+}
+
+/// A secret from the environment; empty is unset.
+fn env_secret(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|k| !k.is_empty())
 }
 
 /// The key of tenant `default`: `INFERGATE_API_KEY`, else (when the config declares no keys)
 /// generated and printed.
 fn env_key(config: &Config) -> Option<String> {
-    match std::env::var("INFERGATE_API_KEY") {
-        Ok(key) if !key.is_empty() => Some(key),
+    match env_secret("INFERGATE_API_KEY") {
+        Some(key) => Some(key),
         _ if config.auth.api_keys.is_empty() => {
             let key = generate_key();
             println!(

@@ -8,7 +8,7 @@ use axum::extract::FromRef;
 
 use crate::admin::{AdminState, TenantPluginsConfig};
 use crate::auth::Auth;
-use crate::auth::operator::AdminKey;
+use crate::auth::operator::{AdminKey, MetricsAccess};
 use crate::pipeline::plugin::PluginRoutes;
 use crate::quota::Quotas;
 use crate::registry::Registry;
@@ -39,6 +39,8 @@ pub struct Parts {
     pub auth: Arc<Auth>,
     /// The operator's credential.
     pub admin_key: Arc<AdminKey>,
+    /// Who may read `/metrics`.
+    pub metrics_access: Arc<MetricsAccess>,
     /// Rate limits and quotas.
     pub quotas: Arc<Quotas>,
     /// Request counts and latencies, for `/metrics`.
@@ -61,6 +63,7 @@ part!(
     registry: Arc<Registry>,
     auth: Arc<Auth>,
     admin_key: Arc<AdminKey>,
+    metrics_access: Arc<MetricsAccess>,
     quotas: Arc<Quotas>,
     metrics: Arc<Metrics>,
     tenant_plugins: Arc<TenantPluginsConfig>,

@@ -5,7 +5,7 @@ use serde::Deserialize;
 
 use super::valid_scope;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     /// API keys declared in the config. `INFERGATE_API_KEY` adds one for tenant `default`.
@@ -24,6 +24,30 @@ pub struct AuthConfig {
     /// Who may see which plugin (default: operator plugins public, tenant plugins private).
     #[serde(default)]
     pub plugins: Vec<PluginAccessConfig>,
+    /// Refused credentials a client address (or a key id) may have in a minute before its
+    /// requests are refused (429) for the rest of it; 0: no throttling.
+    #[serde(default = "default_max_failures")]
+    pub max_failures_per_minute: u32,
+    /// Seals the token signing keys in the database; else `INFERGATE_ENCRYPTION_KEY`.
+    pub encryption_key: Option<String>,
+}
+
+fn default_max_failures() -> u32 {
+    60
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: Vec::new(),
+            database: None,
+            jwt: Vec::new(),
+            oauth: Default::default(),
+            plugins: Vec::new(),
+            max_failures_per_minute: default_max_failures(),
+            encryption_key: None,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,13 +105,10 @@ pub fn validate(auth: &AuthConfig) -> anyhow::Result<()> {
 /// The database URL of a config: `[auth] database`, else a SQLite file in the data directory.
 pub fn database_url(config: &AuthConfig) -> String {
     let db = config.database.clone().unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_DATA_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| {
-                std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share"))
-            })
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("infergate/infergate.db").display().to_string()
+        infergate_runtime::private_dir::user_dir("XDG_DATA_HOME", ".local/share")
+            .join("infergate.db")
+            .display()
+            .to_string()
     });
     if db.contains("://") || db.starts_with("sqlite:") {
         db

@@ -54,14 +54,15 @@ impl Db {
     pub async fn open(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let shown = redact(url);
-        if let Some(path) = url
+        let file = url
             .strip_prefix("sqlite://")
-            .map(|p| p.split('?').next().unwrap_or(p))
-            && let Some(dir) = std::path::Path::new(path).parent()
+            .map(|p| std::path::Path::new(p.split('?').next().unwrap_or(p)));
+        // A SQLite file holds the keys' digests and the token signing keys: its directory is
+        // private to this user, and so is the file (SQLite gives its journals the same mode).
+        if let Some(dir) = file.and_then(|f| f.parent())
             && !dir.as_os_str().is_empty()
         {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the directory of {}", dir.display()))?;
+            infergate_runtime::private_dir::ensure(dir, "auth database's directory")?;
         }
         let options =
             AnyConnectOptions::from_str(url).with_context(|| format!("database URL {shown}"))?;
@@ -71,6 +72,13 @@ impl Db {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to the auth database {shown}"))?;
+        if let Some(file) = file
+            && file.exists()
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making {} private", file.display()))?;
+        }
         let db = Db { pool };
         db.migrate()
             .await

@@ -4,24 +4,33 @@
 //! that issuer's JWKS (from `jwks_url`, or the OIDC discovery document at
 //! `{issuer}/.well-known/openid-configuration`), cached for `jwks_ttl_s` and refetched — at
 //! most once per `refresh_interval_ms` — when a token names a `kid` not yet seen, so key
-//! rotation needs no restart. HS256 tokens are verified with the issuer's `hs256_secret`.
+//! rotation needs no restart; a stale set is refreshed in the background while its keys stay in
+//! use. While the provider fails, fetches retry with backoff (up to a minute) and a token with
+//! an unknown `kid` is refused at once, so an outage never queues requests behind its
+//! timeouts. HS256 tokens are verified with the issuer's `hs256_secret`.
 //!
 //! The algorithm always comes from the key (the JWK's `kty`/`crv`/`alg`, or HS256 for the
 //! shared secret), never from the token: `alg: none`, and an HS256 token "signed" with an RSA
 //! public key, are refused. Then `iss`, `aud`, `exp` and `nbf` (with `leeway_s`) are checked,
 //! and claims map to the tenant (`tenant_claim`, or a fixed `tenant`) and scopes
 //! (`scopes_claim`: a space-separated string or an array).
+//!
+//! An issuer is trusted only for what the operator gave it: the tenants it may assert
+//! (`tenants`, with `tenant_claim`), and tokens minted for this host (`audience`, required
+//! unless `waive_audience`). Its subjects are its own: `key_id = jwt:<issuer>#<sub>`, so two
+//! issuers' `sub: "admin"` never share a quota or an identity.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use futures::FutureExt as _;
+use futures::future::{BoxFuture, Shared};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::{Mutex, RwLock};
 
 use super::Principal;
 use crate::error::ApiError;
@@ -32,15 +41,23 @@ use crate::error::ApiError;
 pub struct IssuerConfig {
     /// Exactly the token's `iss`.
     pub issuer: String,
-    /// Accepted `aud` values; a token must carry one of them. Empty: `aud` is not checked.
+    /// Accepted `aud` values; a token must carry one of them. Required unless
+    /// `waive_audience`: without it a token minted for any other service of the issuer works.
     #[serde(default)]
     pub audience: Vec<String>,
+    /// Accept tokens whatever their `aud` (an issuer that mints tokens for this host only).
+    #[serde(default)]
+    pub waive_audience: bool,
     /// The JWKS document; default: `jwks_uri` of the issuer's OIDC discovery document.
     pub jwks_url: Option<String>,
     /// A shared secret for HS256 tokens of this issuer.
     pub hs256_secret: Option<String>,
-    /// The claim holding the tenant (e.g. `org_id`)...
+    /// The claim holding the tenant (e.g. `org_id`), one of `tenants`...
     pub tenant_claim: Option<String>,
+    /// ...the tenants this issuer may assert through `tenant_claim` (a token naming another
+    /// is refused)...
+    #[serde(default)]
+    pub tenants: Vec<String>,
     /// ...or one tenant for every token of this issuer.
     pub tenant: Option<String>,
     /// The claim holding scopes: a space-separated string (`scope`) or an array
@@ -87,6 +104,30 @@ impl IssuerConfig {
             self.tenant_claim.is_some() != self.tenant.is_some(),
             "give exactly one of `tenant_claim` or `tenant`"
         );
+        anyhow::ensure!(
+            self.tenant_claim.is_none() || !self.tenants.is_empty(),
+            "`tenant_claim` needs `tenants`: the tenants this issuer may assert"
+        );
+        anyhow::ensure!(
+            self.tenant.is_none() || self.tenants.is_empty(),
+            "`tenants` goes with `tenant_claim`; with a fixed `tenant` it means nothing"
+        );
+        for t in self.tenants.iter().chain(&self.tenant) {
+            anyhow::ensure!(
+                crate::auth::admin::valid_tenant(t),
+                "tenant `{t}` is not a valid tenant id"
+            );
+        }
+        anyhow::ensure!(
+            self.audience.is_empty() == self.waive_audience,
+            "{}",
+            if self.waive_audience {
+                "`waive_audience` and `audience` contradict each other: give one"
+            } else {
+                "`audience` is required (the `aud` of tokens minted for this host); \
+                 `waive_audience = true` accepts any"
+            }
+        );
         if let Some(s) = &self.hs256_secret {
             anyhow::ensure!(s.len() >= 32, "hs256_secret must be at least 32 bytes");
         }
@@ -115,14 +156,31 @@ struct Jwks {
 struct Issuer {
     config: IssuerConfig,
     hs256: Option<DecodingKey>,
-    jwks: RwLock<Jwks>,
-    /// Serialises fetches, and remembers when the last one started.
-    fetching: Mutex<Option<Instant>>,
+    jwks: std::sync::RwLock<Jwks>,
+    refresh: std::sync::Mutex<Refresh>,
 }
+
+/// The issuer's key-set fetches. One runs at a time, in a task of its own (a caller that
+/// goes away does not cancel it); callers that need it await it, others never wait on it.
+#[derive(Default)]
+struct Refresh {
+    in_flight: Option<Fetch>,
+    /// When the last fetch started.
+    last_started: Option<Instant>,
+    /// Failed fetches in a row; while there are, no fetch starts before `retry_at`.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// A key-set fetch under way.
+type Fetch = Shared<BoxFuture<'static, ()>>;
+
+/// The longest wait between two fetches while the issuer's key set cannot be fetched.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Verifies tokens of the configured issuers.
 pub struct Verifier {
-    issuers: HashMap<String, Issuer>,
+    issuers: HashMap<String, Arc<Issuer>>,
     http: reqwest::Client,
 }
 
@@ -196,15 +254,15 @@ impl Verifier {
         let issuers = configs
             .iter()
             .map(|c| {
-                let issuer = Issuer {
+                let issuer = Arc::new(Issuer {
                     config: c.clone(),
                     hs256: c
                         .hs256_secret
                         .as_ref()
                         .map(|s| DecodingKey::from_secret(s.as_bytes())),
-                    jwks: RwLock::new(Jwks::default()),
-                    fetching: Mutex::new(None),
-                };
+                    jwks: std::sync::RwLock::new(Jwks::default()),
+                    refresh: std::sync::Mutex::new(Refresh::default()),
+                });
                 (c.issuer.clone(), issuer)
             })
             .collect();
@@ -249,98 +307,167 @@ impl Verifier {
         principal(c, &data.claims)
     }
 
-    async fn key(&self, is: &Issuer, kid: &str) -> Result<Arc<Key>, ApiError> {
+    /// The key `kid` of the issuer. A known key is served from the cache at once, even when
+    /// the set is older than `jwks_ttl_s` (it is then refreshed in the background), so an
+    /// identity provider outage does not stop tokens signed with keys already seen. An unknown
+    /// `kid` waits for a fetch, which starts at most once per `refresh_interval_ms`, and not
+    /// at all while the provider is failing (with backoff): then it is refused at once.
+    async fn key(&self, is: &Arc<Issuer>, kid: &str) -> Result<Arc<Key>, ApiError> {
         let ttl = Duration::from_secs(is.config.jwks_ttl_s);
-        {
-            let jwks = is.jwks.read().await;
-            let fresh = jwks.fetched.is_some_and(|t| t.elapsed() < ttl);
-            if let Some(k) = jwks.keys.get(kid)
-                && fresh
-            {
-                return Ok(k.clone());
-            }
-        }
-        // Unknown kid or stale set: fetch, unless one was fetched too recently.
-        let mut last = is.fetching.lock().await;
-        let stale = {
-            let jwks = is.jwks.read().await;
-            if let Some(k) = jwks.keys.get(kid)
-                && jwks.fetched.is_some_and(|t| t.elapsed() < ttl)
-            {
-                return Ok(k.clone());
-            }
-            jwks.fetched.is_none_or(|t| t.elapsed() >= ttl)
+        let (known, stale) = {
+            let jwks = is.jwks.read().unwrap_or_else(|e| e.into_inner());
+            let stale = jwks.fetched.is_none_or(|t| t.elapsed() >= ttl);
+            (jwks.keys.get(kid).cloned(), stale)
         };
-        let min_gap = Duration::from_millis(is.config.refresh_interval_ms);
-        if stale || last.is_none_or(|t| t.elapsed() >= min_gap) {
-            *last = Some(Instant::now());
-            match self.fetch(&is.config).await {
-                Ok(keys) => {
-                    tracing::info!(issuer = %is.config.issuer, keys = keys.len(), "JWKS fetched");
-                    *is.jwks.write().await = Jwks {
-                        keys,
-                        fetched: Some(Instant::now()),
-                    };
-                }
-                Err(e) => {
-                    tracing::warn!(issuer = %is.config.issuer, error = %e, "JWKS fetch failed")
-                }
+        if let Some(key) = known {
+            if stale {
+                // Not awaited: the fetch runs in its own task.
+                drop(self.start_fetch(is));
             }
+            return Ok(key);
         }
-        drop(last);
+        let down = |why: String| {
+            unauthorized(format!(
+                "no key `{kid}` is known, and the issuer's key set cannot be fetched now ({why})"
+            ))
+        };
+        match self.start_fetch(is) {
+            // Wait for the provider only while it answers.
+            Ok((fetch, 0)) => fetch.await,
+            Ok((_, failures)) => return Err(down(format!("the last {failures} fetches failed"))),
+            Err(Unavailable::Backoff(wait)) => {
+                return Err(down(format!("next try in {} ms", wait.as_millis())));
+            }
+            Err(Unavailable::TooSoon) => {}
+        }
         is.jwks
             .read()
-            .await
+            .unwrap_or_else(|e| e.into_inner())
             .keys
             .get(kid)
             .cloned()
             .ok_or_else(|| unauthorized(format!("no key `{kid}` in the issuer's key set")))
     }
 
-    async fn fetch(&self, c: &IssuerConfig) -> anyhow::Result<HashMap<String, Arc<Key>>> {
-        let url = match &c.jwks_url {
-            Some(u) => u.clone(),
-            None => {
-                let discovery = format!(
-                    "{}/.well-known/openid-configuration",
-                    c.issuer.trim_end_matches('/')
-                );
-                let doc: Value = self
-                    .http
-                    .get(&discovery)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                doc["jwks_uri"]
-                    .as_str()
-                    .ok_or_else(|| anyhow::anyhow!("{discovery} has no jwks_uri"))?
-                    .to_string()
+    /// The fetch under way, or a new one, with the failed fetches before it; `Err` when none
+    /// may start now.
+    fn start_fetch(&self, is: &Arc<Issuer>) -> Result<(Fetch, u32), Unavailable> {
+        let mut refresh = is.refresh.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fetch) = &refresh.in_flight {
+            return Ok((fetch.clone(), refresh.failures));
+        }
+        let now = Instant::now();
+        if let Some(at) = refresh.retry_at
+            && at > now
+        {
+            return Err(Unavailable::Backoff(at - now));
+        }
+        let min_gap = Duration::from_millis(is.config.refresh_interval_ms);
+        if refresh.last_started.is_some_and(|t| now - t < min_gap) {
+            return Err(Unavailable::TooSoon);
+        }
+        refresh.last_started = Some(now);
+        let (verifier_http, issuer) = (self.http.clone(), is.clone());
+        let fetch = async move {
+            let result = fetch(&verifier_http, &issuer.config).await;
+            let mut refresh = issuer.refresh.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(keys) => {
+                    tracing::info!(issuer = %issuer.config.issuer, keys = keys.len(), "JWKS fetched");
+                    *issuer.jwks.write().unwrap_or_else(|e| e.into_inner()) = Jwks {
+                        keys,
+                        fetched: Some(Instant::now()),
+                    };
+                    refresh.failures = 0;
+                    refresh.retry_at = None;
+                }
+                Err(e) => {
+                    refresh.failures = refresh.failures.saturating_add(1);
+                    let base = Duration::from_millis(issuer.config.refresh_interval_ms.max(100));
+                    let backoff = base
+                        .saturating_mul(1 << refresh.failures.min(16).saturating_sub(1))
+                        .min(MAX_BACKOFF);
+                    refresh.retry_at = Some(Instant::now() + backoff);
+                    tracing::warn!(
+                        issuer = %issuer.config.issuer,
+                        error = %format!("{e:#}"),
+                        failures = refresh.failures,
+                        retry_in_ms = backoff.as_millis() as u64,
+                        "JWKS fetch failed; known keys stay in use"
+                    );
+                }
             }
-        };
-        let doc: Value = self
-            .http
-            .get(&url)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
-        Ok(parse_jwks(&doc))
+            refresh.in_flight = None;
+        }
+        .boxed()
+        .shared();
+        refresh.in_flight = Some(fetch.clone());
+        tokio::spawn(fetch.clone());
+        Ok((fetch, refresh.failures))
     }
+}
+
+/// Why no key-set fetch starts now.
+enum Unavailable {
+    /// The last fetches failed: none before this long.
+    Backoff(Duration),
+    /// One started less than `refresh_interval_ms` ago.
+    TooSoon,
+}
+
+/// Fetches the issuer's key set (through OIDC discovery unless `jwks_url` is given).
+async fn fetch(
+    http: &reqwest::Client,
+    c: &IssuerConfig,
+) -> anyhow::Result<HashMap<String, Arc<Key>>> {
+    let url = match &c.jwks_url {
+        Some(u) => u.clone(),
+        None => {
+            let discovery = format!(
+                "{}/.well-known/openid-configuration",
+                c.issuer.trim_end_matches('/')
+            );
+            let doc: Value = http
+                .get(&discovery)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            doc["jwks_uri"]
+                .as_str()
+                .ok_or_else(|| anyhow::anyhow!("{discovery} has no jwks_uri"))?
+                .to_string()
+        }
+    };
+    let doc: Value = http
+        .get(&url)
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(parse_jwks(&doc))
 }
 
 /// Maps verified claims to a principal.
 fn principal(c: &IssuerConfig, claims: &Map<String, Value>) -> Result<Principal, ApiError> {
     let tenant = match (&c.tenant, &c.tenant_claim) {
         (Some(t), _) => t.clone(),
-        (None, Some(claim)) => claims
-            .get(claim)
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| unauthorized(format!("it has no `{claim}` claim")))?
-            .to_string(),
+        (None, Some(claim)) => {
+            let tenant = claims
+                .get(claim)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| unauthorized(format!("it has no `{claim}` claim")))?;
+            if !c.tenants.iter().any(|t| t == tenant) {
+                return Err(unauthorized(format!(
+                    "its issuer may not assert tenant `{}`",
+                    tenant.escape_debug()
+                )));
+            }
+            tenant.to_string()
+        }
         (None, None) => return Err(unauthorized("its issuer maps no tenant")),
     };
     let scopes = match claims.get(&c.scopes_claim) {
@@ -365,7 +492,7 @@ fn principal(c: &IssuerConfig, claims: &Map<String, Value>) -> Result<Principal,
             Some((name.clone(), text))
         })
         .collect();
-    let mut p = Principal::new(tenant, format!("jwt:{sub}"), scopes);
+    let mut p = Principal::new(tenant, format!("jwt:{}#{sub}", c.issuer), scopes);
     p.claims = forwarded;
     Ok(p)
 }
@@ -377,7 +504,9 @@ mod tests {
     fn issuer() -> IssuerConfig {
         toml::from_str(
             r#"issuer = "https://idp"
+audience = ["infergate"]
 tenant_claim = "org_id"
+tenants = ["acme"]
 scopes_claim = "permissions"
 forward_claims = ["sub", "email"]"#,
         )
@@ -392,7 +521,7 @@ forward_claims = ["sub", "email"]"#,
         .unwrap();
         let p = principal(&issuer(), &claims).unwrap();
         assert_eq!(p.tenant, "acme");
-        assert_eq!(p.key_id, "jwt:u1");
+        assert_eq!(p.key_id, "jwt:https://idp#u1");
         assert_eq!(p.scopes, vec!["a", "b"]);
         assert_eq!(p.claims.len(), 2);
         let mut c = issuer();
@@ -403,6 +532,44 @@ forward_claims = ["sub", "email"]"#,
         let claims: Map<String, Value> =
             serde_json::from_value(serde_json::json!({"scope": "x"})).unwrap();
         assert!(principal(&c, &claims).is_err());
+        // A tenant the issuer was not given.
+        let claims: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"org_id": "globex", "scope": "x"})).unwrap();
+        let e = principal(&c, &claims).unwrap_err();
+        assert!(
+            e.message.contains("may not assert tenant `globex`"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn an_issuer_names_its_tenants_and_its_audience() {
+        let check = |extra: &str| {
+            let text = format!("issuer = \"https://idp\"\n{extra}");
+            toml::from_str::<IssuerConfig>(&text).unwrap().validate()
+        };
+        assert!(check("tenant_claim = \"org\"\ntenants = [\"acme\"]\naudience = [\"a\"]").is_ok());
+        assert!(check("tenant = \"acme\"\nwaive_audience = true").is_ok());
+        let refused = [
+            (
+                "tenant_claim = \"org\"\naudience = [\"a\"]",
+                "needs `tenants`",
+            ),
+            ("tenant = \"acme\"", "`audience` is required"),
+            (
+                "tenant = \"acme\"\naudience = [\"a\"]\nwaive_audience = true",
+                "contradict",
+            ),
+            (
+                "tenant = \"acme\"\ntenants = [\"b\"]\naudience = [\"a\"]",
+                "goes with",
+            ),
+        ];
+        for (extra, why) in refused {
+            let e = check(extra).unwrap_err().to_string();
+            assert!(e.contains(why), "{extra}: {e}");
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! whole key is stored only as its SHA-256 digest, compared in constant time. The secret is
 //! shown once, when the key is created. Lookups by id are cached for [`CACHE_TTL`]: a key
 //! revoked on any instance stops working everywhere within that time (and at once on the
-//! instance that revoked it).
+//! instance that revoked it). An id that names no key is remembered longer
+//! ([`MISSING_TTL`]), so guessing ids does not cost a query each; ids are random, so a new
+//! key is never one that was looked up before (and creating it forgets the miss here).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +22,27 @@ use crate::error::ApiError;
 
 /// How long a looked-up key or tenant may be reused without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_millis(500);
+
+/// How long an id that names no key is remembered as missing.
+pub const MISSING_TTL: Duration = Duration::from_secs(60);
+
+/// Found keys for [`CACHE_TTL`], missing ones for [`MISSING_TTL`].
+struct KeyExpiry;
+
+impl moka::Expiry<String, Option<Arc<KeyRecord>>> for KeyExpiry {
+    fn expire_after_create(
+        &self,
+        _id: &String,
+        found: &Option<Arc<KeyRecord>>,
+        _now: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(if found.is_some() {
+            CACHE_TTL
+        } else {
+            MISSING_TTL
+        })
+    }
+}
 
 /// A tenant: owns keys, plugins and limits.
 #[derive(Clone, Debug, Serialize)]
@@ -179,7 +202,7 @@ impl KeyStore {
             db,
             keys: Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(CACHE_TTL)
+                .expire_after(KeyExpiry)
                 .build(),
             tenants: Cache::builder()
                 .max_capacity(10_000)

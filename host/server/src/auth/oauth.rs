@@ -32,6 +32,7 @@ use sqlx::Row;
 use tokio::sync::{Mutex, RwLock};
 
 use super::db::Db;
+use super::sealed::{self, Sealer};
 use super::{Auth, b64url, now_s, valid_scope};
 use crate::error::ApiError;
 
@@ -116,6 +117,8 @@ struct Claims {
 pub struct TokenIssuer {
     db: Db,
     config: OauthConfig,
+    /// Seals the private keys at rest, when an encryption key is given.
+    sealer: Option<Sealer>,
     set: RwLock<KeySet>,
     /// Serialises reloads and key creation; remembers the last reload forced by an unknown kid.
     reloading: Mutex<Option<Instant>>,
@@ -125,10 +128,11 @@ pub struct TokenIssuer {
 const RELOAD_EVERY: Duration = Duration::from_secs(60);
 
 impl TokenIssuer {
-    pub fn new(db: Db, config: OauthConfig) -> Self {
+    pub fn new(db: Db, config: OauthConfig, sealer: Option<Sealer>) -> Self {
         Self {
             db,
             config,
+            sealer,
             set: RwLock::new(KeySet::default()),
             reloading: Mutex::new(None),
         }
@@ -156,11 +160,15 @@ impl TokenIssuer {
         let now = now_s();
         let mut keys = Vec::new();
         for row in rows {
-            let pkcs8 = base64::engine::general_purpose::STANDARD
-                .decode(row.try_get::<String, _>("private_key")?)?;
+            let kid: String = row.try_get("kid")?;
+            let pkcs8 = sealed::read(
+                &row.try_get::<String, _>("private_key")?,
+                &kid,
+                self.sealer.as_ref(),
+            )?;
             let x: String = row.try_get("public_key")?;
             let key = SigningKey {
-                kid: row.try_get("kid")?,
+                kid,
                 created_at: row.try_get("created_at")?,
                 encoding: EncodingKey::from_ed_der(&pkcs8),
                 decoding: DecodingKey::from_ed_components(&x)?,
@@ -174,6 +182,41 @@ impl TokenIssuer {
             keys,
             loaded: Some(Instant::now()),
         };
+        Ok(())
+    }
+
+    /// Checks at start-up that every stored signing key can be read (a sealed one needs the
+    /// key it was sealed with), and seals those stored before an encryption key was given.
+    pub async fn prepare_keys(&self) -> anyhow::Result<()> {
+        let rows = sqlx::query("SELECT kid, private_key FROM ig_signing_keys")
+            .fetch_all(&self.db.pool)
+            .await?;
+        let mut resealed = 0;
+        for row in rows {
+            let kid: String = row.try_get("kid")?;
+            let stored: String = row.try_get("private_key")?;
+            let plain = sealed::read(&stored, &kid, self.sealer.as_ref())
+                .map_err(|e| anyhow::anyhow!("token signing key `{kid}`: {e:#}"))?;
+            if self.sealer.is_some() && !sealed::is_sealed(&stored) {
+                sqlx::query("UPDATE ig_signing_keys SET private_key = $1 WHERE kid = $2")
+                    .bind(sealed::write(&plain, &kid, self.sealer.as_ref())?)
+                    .bind(&kid)
+                    .execute(&self.db.pool)
+                    .await?;
+                resealed += 1;
+            }
+        }
+        if resealed > 0 {
+            tracing::info!(
+                keys = resealed,
+                "token signing keys sealed with the encryption key"
+            );
+        }
+        if self.sealer.is_none() {
+            tracing::info!(
+                "token signing keys are stored unencrypted (INFERGATE_ENCRYPTION_KEY seals them)"
+            );
+        }
         Ok(())
     }
 
@@ -206,7 +249,7 @@ impl TokenIssuer {
             "INSERT INTO ig_signing_keys (kid, alg, private_key, public_key, created_at) VALUES ($1, 'EdDSA', $2, $3, $4)",
         )
         .bind(&kid)
-        .bind(base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref()))
+        .bind(sealed::write(pkcs8.as_ref(), &kid, self.sealer.as_ref())?)
         .bind(b64url(pair.public_key().as_ref()))
         .bind(now)
         .execute(&self.db.pool)
@@ -357,6 +400,9 @@ fn oauth_error(status: StatusCode, error: &str, description: &str, basic: bool) 
             header::WWW_AUTHENTICATE,
             HeaderValue::from_static("Basic realm=\"infergate\""),
         );
+    }
+    if error == "invalid_client" {
+        r.extensions_mut().insert(crate::error::CredentialRefused);
     }
     r
 }
@@ -561,11 +607,11 @@ mod tests {
             rotate_after_s: 1,
             ..Default::default()
         };
-        let a = TokenIssuer::new(db.clone(), config.clone());
+        let a = TokenIssuer::new(db.clone(), config.clone(), None);
         let first = a.issue("t", "k1", &["*".into()]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2100)).await;
         // Another instance on the same database, after rotation.
-        let b = TokenIssuer::new(db, config);
+        let b = TokenIssuer::new(db, config, None);
         let second = b.issue("t", "k1", &[]).await.unwrap();
         let kid = |t: &str| jsonwebtoken::decode_header(t).unwrap().kid.unwrap();
         assert_ne!(kid(&first), kid(&second));
@@ -579,5 +625,47 @@ mod tests {
         tampered[sig_at] = if tampered[sig_at] == b'A' { b'B' } else { b'A' };
         let tampered = String::from_utf8(tampered).unwrap();
         assert!(b.verify(&tampered).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn signing_keys_are_sealed_at_rest_when_a_key_is_given() {
+        const KEY: &str = "an-encryption-key-of-at-least-32-chars";
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/o.db?mode=rwc", dir.path().display());
+        let db = Db::open(&url).await.unwrap();
+        let stored = || async {
+            sqlx::query("SELECT private_key FROM ig_signing_keys")
+                .fetch_all(&db.pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.try_get::<String, _>("private_key").unwrap())
+                .collect::<Vec<_>>()
+        };
+        // A key made before an encryption key was given...
+        let plain = TokenIssuer::new(db.clone(), OauthConfig::default(), None);
+        let token = plain.issue("t", "k1", &[]).await.unwrap();
+        assert!(!sealed::is_sealed(&stored().await[0]));
+        // ...is sealed when one is, and still verifies what it signed.
+        let sealer = || Some(Sealer::new(KEY).unwrap());
+        let with_key = TokenIssuer::new(db.clone(), OauthConfig::default(), sealer());
+        with_key.prepare_keys().await.unwrap();
+        assert!(stored().await.iter().all(|s| sealed::is_sealed(s)));
+        assert_eq!(with_key.verify(&token).await.unwrap().key_id, "k1");
+        // Without the key, or with another, the host refuses to start on that database.
+        let e = TokenIssuer::new(db.clone(), OauthConfig::default(), None)
+            .prepare_keys()
+            .await
+            .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("INFERGATE_ENCRYPTION_KEY"),
+            "{e:#}"
+        );
+        let other = Sealer::new("another-encryption-key-of-32-chars!!").unwrap();
+        let e = TokenIssuer::new(db.clone(), OauthConfig::default(), Some(other))
+            .prepare_keys()
+            .await
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("does not open"), "{e:#}");
     }
 }

@@ -6,7 +6,9 @@
 //! 3. [`overload`]: a global in-flight limit (beyond it, 503 `overloaded` with `Retry-After`,
 //!    at once: load is shed, not queued) and a request timeout. Health, readiness and metrics
 //!    are exempt, so probes answer under overload.
-//! 4. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
+//! 4. [`failures`]: a client address or key id with too many refused credentials in the last
+//!    minute gets 429 at once, before its credential is looked at.
+//! 5. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
 //!    the quota rules that name them; their handlers take the caller as a
 //!    [`crate::auth::Principal`] extractor), and every other path to [`plugin::serve`], which
 //!    reads top to bottom: the route (and its metrics label), the caller (401), authorisation
@@ -16,6 +18,7 @@
 //! `http::app` stacks them.
 
 pub mod admission;
+pub mod failures;
 pub mod metrics;
 pub mod overload;
 pub mod plugin;

@@ -73,6 +73,9 @@ pub enum ChangeError {
     NotFound(String),
     #[error("the host is still starting")]
     NotReady,
+    /// An operator's limit on tenants is reached.
+    #[error("{0}")]
+    Limit(String),
 }
 
 /// What an operator sees of a plugin.
@@ -177,6 +180,45 @@ impl Registry {
         source: Source,
         owner: Option<&str>,
     ) -> Result<Arc<Mounted>, ChangeError> {
+        self.deploy_within(name, wasm, settings, source, owner, None)
+            .await
+    }
+
+    /// Deploys a tenant's plugin, unless that makes the tenant own more than `max_owned`:
+    /// counted when the new version is published, so uploads at the same time cannot both
+    /// slip under the limit. A tenant's failed deploy leaves nothing behind.
+    pub async fn deploy_for_tenant(
+        &self,
+        name: &str,
+        wasm: Arc<[u8]>,
+        settings: PluginSettings,
+        tenant: &str,
+        max_owned: usize,
+    ) -> Result<Arc<Mounted>, ChangeError> {
+        self.deploy_within(
+            name,
+            wasm,
+            settings,
+            Source::Tenant,
+            Some(tenant),
+            Some(max_owned),
+        )
+        .await
+    }
+
+    /// The work of a deploy. The slow part (compiling, reading and checking the manifest,
+    /// compiling its schemas) runs without the registry's lock, so reads and other changes
+    /// never wait on one upload; the lock is taken to check what may have changed meanwhile
+    /// (the owner, the models granted, the tenant's count) and to publish.
+    async fn deploy_within(
+        &self,
+        name: &str,
+        wasm: Arc<[u8]>,
+        settings: PluginSettings,
+        source: Source,
+        owner: Option<&str>,
+        max_owned: Option<usize>,
+    ) -> Result<Arc<Mounted>, ChangeError> {
         if !names::valid_plugin_name(name) {
             return Err(ChangeError::Invalid(format!(
                 "plugin name `{name}` must be {}",
@@ -186,80 +228,73 @@ impl Registry {
         settings
             .validate()
             .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+        let (runtime, models) = {
+            let guard = self.state.lock().await;
+            let state = guard.as_ref().ok_or(ChangeError::NotReady)?;
+            check_owner(state, name, owner)?;
+            (state.runtime.clone(), state.models.clone())
+        };
+        let built = prepare(&runtime, &models, name, wasm, settings, source, owner).await;
+
         let mut guard = self.state.lock().await;
         let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
-        let existing_owner = state
-            .plugins
-            .get(name)
-            .and_then(|e| e.versions.front())
-            .map(|m| m.owner.clone());
-        if let Some(existing) = existing_owner
-            && existing.as_deref() != owner
-        {
-            return Err(ChangeError::Conflict(format!(
-                "plugin `{name}` belongs to {}",
-                existing.map_or("the operator".to_string(), |t| format!("tenant `{t}`"))
-            )));
+        let result = match built {
+            Ok(mounted) => self.publish(state, mounted, max_owned),
+            Err(e) => Err(e),
+        };
+        if result.is_err() && owner.is_some() {
+            // A tenant sees the error in its answer; nothing of it stays in the registry.
+            if state
+                .plugins
+                .get(name)
+                .is_some_and(|e| e.versions.is_empty())
+            {
+                state.plugins.remove(name);
+            }
+        } else {
+            // A failed first deploy of the operator's stays listed as `failed`, with its error.
+            let entry = state.plugins.entry(name.to_string()).or_default();
+            entry.last_error = result.as_ref().err().map(ToString::to_string);
         }
-        let result = self
-            .deploy_locked(state, name, wasm, settings, source, owner)
-            .await;
-        // A failed first deploy stays listed as `failed`, with its error, for the operator.
-        let entry = state.plugins.entry(name.to_string()).or_default();
-        entry.last_error = result.as_ref().err().map(ToString::to_string);
         result
     }
 
-    async fn deploy_locked(
+    /// Publishes a prepared version, after checking what may have changed while it was built.
+    fn publish(
         &self,
         state: &mut State,
-        name: &str,
-        wasm: Arc<[u8]>,
-        settings: PluginSettings,
-        source: Source,
-        owner: Option<&str>,
+        mounted: Arc<Mounted>,
+        max_owned: Option<usize>,
     ) -> Result<Arc<Mounted>, ChangeError> {
-        let spec = PluginSpec {
-            wasm,
-            limits: settings.limits.clone(),
-            models: settings.models.clone(),
-        };
-        let plugin = state
-            .runtime
-            .load_plugin(spec, &state.models)
-            .await
-            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
-        let mut validators = Vec::new();
-        for route in &plugin.manifest.routes {
-            let validator = match &route.request_schema {
-                Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
-                    ChangeError::Invalid(format!(
-                        "route `{} {}`: invalid request schema: {e}",
-                        route.method, route.path.raw
-                    ))
-                })?),
-                None => None,
-            };
-            validators.push(validator);
-        }
-        let route_labels = plugin
-            .manifest
-            .routes
+        let name = mounted.name.as_str();
+        check_owner(state, name, mounted.owner.as_deref())?;
+        if let Some(model) = mounted
+            .settings
+            .models
             .iter()
-            .map(|r| Arc::from(format!("{} {}", r.method, r.path.raw)))
-            .collect();
-        let mounted = Arc::new(Mounted {
-            label: Arc::from(name),
-            route_labels,
-            name: name.to_string(),
-            mount: settings.mount_for(name),
-            settings,
-            plugin,
-            validators,
-            source,
-            owner: owner.map(String::from),
-            deployed_at: SystemTime::now(),
-        });
+            .find(|m| state.models.get(m).is_none())
+        {
+            return Err(ChangeError::Conflict(format!(
+                "model `{model}` was unloaded while the plugin was being deployed"
+            )));
+        }
+        if let (Some(max), Some(owner)) = (max_owned, mounted.owner.as_deref()) {
+            let owned = state
+                .plugins
+                .iter()
+                .filter(|(n, e)| {
+                    n.as_str() != name
+                        && e.versions
+                            .front()
+                            .is_some_and(|m| m.owner.as_deref() == Some(owner))
+                })
+                .count();
+            if owned >= max {
+                return Err(ChangeError::Limit(format!(
+                    "a tenant may have at most {max} plugins"
+                )));
+            }
+        }
         let snapshot = build(state, Some((name, Some(mounted.clone()))))?;
         self.current.store(Some(Arc::new(snapshot)));
         let entry = state.plugins.entry(name.to_string()).or_default();
@@ -271,7 +306,7 @@ impl Registry {
             version = %mounted.plugin.manifest.version,
             digest = %&mounted.plugin.digest[..12],
             cache = ?mounted.plugin.cache,
-            source = ?source,
+            source = ?mounted.source,
             "plugin deployed"
         );
         Ok(mounted)
@@ -476,6 +511,77 @@ impl Registry {
 }
 
 /// A snapshot of the current versions with one plugin changed (`Some`) or removed (`None`).
+/// A plugin of one owner (a tenant, or the operator) cannot be replaced by another.
+fn check_owner(state: &State, name: &str, owner: Option<&str>) -> Result<(), ChangeError> {
+    let existing = state
+        .plugins
+        .get(name)
+        .and_then(|e| e.versions.front())
+        .map(|m| m.owner.clone());
+    if let Some(existing) = existing
+        && existing.as_deref() != owner
+    {
+        return Err(ChangeError::Conflict(format!(
+            "plugin `{name}` belongs to {}",
+            existing.map_or("the operator".to_string(), |t| format!("tenant `{t}`"))
+        )));
+    }
+    Ok(())
+}
+
+/// Compiles and checks a version, ready to publish: it instantiates, its manifest is valid,
+/// its request schemas compile.
+async fn prepare(
+    runtime: &Arc<Runtime>,
+    models: &ModelTable,
+    name: &str,
+    wasm: Arc<[u8]>,
+    settings: PluginSettings,
+    source: Source,
+    owner: Option<&str>,
+) -> Result<Arc<Mounted>, ChangeError> {
+    let spec = PluginSpec {
+        wasm,
+        limits: settings.limits.clone(),
+        models: settings.models.clone(),
+    };
+    let plugin = runtime
+        .load_plugin(spec, models)
+        .await
+        .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+    let mut validators = Vec::new();
+    for route in &plugin.manifest.routes {
+        let validator = match &route.request_schema {
+            Some(schema) => Some(jsonschema::validator_for(schema).map_err(|e| {
+                ChangeError::Invalid(format!(
+                    "route `{} {}`: invalid request schema: {e}",
+                    route.method, route.path.raw
+                ))
+            })?),
+            None => None,
+        };
+        validators.push(validator);
+    }
+    let route_labels = plugin
+        .manifest
+        .routes
+        .iter()
+        .map(|r| Arc::from(format!("{} {}", r.method, r.path.raw)))
+        .collect();
+    Ok(Arc::new(Mounted {
+        label: Arc::from(name),
+        route_labels,
+        name: name.to_string(),
+        mount: settings.mount_for(name),
+        settings,
+        plugin,
+        validators,
+        source,
+        owner: owner.map(String::from),
+        deployed_at: SystemTime::now(),
+    }))
+}
+
 fn build(
     state: &State,
     change: Option<(&str, Option<Arc<Mounted>>)>,

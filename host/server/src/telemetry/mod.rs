@@ -3,7 +3,10 @@
 //! and recent percentiles), language models' generations (time to first token and between
 //! tokens, OpenTelemetry `gen_ai` names; tokens by tenant, plugin and model), and limit store
 //! errors, rendered as Prometheus text at `/metrics`.
-//! Requests are recorded once each by the metrics layer (the metrics layer (`pipeline::metrics`)).
+//! Requests are recorded once each by the metrics layer (`pipeline::metrics`).
+//! Log lines: [`logs`].
+
+pub mod logs;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
