@@ -5,6 +5,7 @@ mod harness;
 
 mod auth;
 mod files;
+mod fuzz;
 mod generation;
 mod http_basics;
 mod limits;
