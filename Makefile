@@ -3,7 +3,7 @@
 #                as shipped: the `dist` profile (release plus link-time optimisation)
 #   make test    run every test
 # Both install what they need first (wasm target, cmake and libclang for llama.cpp, Python model
-# tooling, the embedding and chat models).
+# tooling, the embedding and chat models; for the tests, Chromium).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
 #      make pgo     the build for deployment and for the benchmark: `dist` plus profile-guided
 #                   optimisation (bench/pgo.sh; needs wrk), at target/pgo/infergate
@@ -13,14 +13,14 @@ PYTHON ?= python3
 ORT_DYLIB_PATH ?= $(shell $(PYTHON) -c 'import onnxruntime, glob, os; print((glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")) or [""])[0])' 2>/dev/null)
 export ORT_DYLIB_PATH
 
-.PHONY: serve test setup models bench pgo
+.PHONY: serve test setup test-tools models bench pgo
 
 serve: setup
 	cargo run --profile dist -p infergate -- serve
 
 HOST_TARGET := $(shell rustc -vV | sed -n 's/^host: //p')
 
-test: setup
+test: setup test-tools
 	cargo test --release --workspace
 	cargo test --release --manifest-path plugins/Cargo.toml --workspace \
 		--target $(HOST_TARGET) --target-dir target/wasm
@@ -34,6 +34,11 @@ setup: models
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends cmake libclang-dev; }
 	rustup target add wasm32-wasip2
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt -r tests/requirements.txt
+
+# What only the tests use: a headless browser (the CORS test runs a page in Chromium).
+test-tools:
+	@command -v chromium >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
 
 models:
 	models/fetch.sh

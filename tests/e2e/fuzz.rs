@@ -15,7 +15,12 @@ fn embedded_default() -> String {
     let text: String = text
         .lines()
         .filter(|l| !l.starts_with("listen"))
-        .map(|l| l.replace("path = \"models/", &format!("path = \"{}/", models.display())))
+        .map(|l| {
+            l.replace(
+                "path = \"models/",
+                &format!("path = \"{}/", models.display()),
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n");
     format!("{text}\n\n[auth]\nmax_failures_per_minute = 0\n")
@@ -67,7 +72,10 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     let summary: Vec<&str> = report
         .lines()
         .filter(|l| {
-            l.contains("generated") || l.contains("failed") || l.contains("Seed") || l.contains('❌')
+            l.contains("generated")
+                || l.contains("failed")
+                || l.contains("Seed")
+                || l.contains('❌')
         })
         .collect();
     assert!(

@@ -4,6 +4,7 @@
 mod harness;
 
 mod auth;
+mod cors;
 mod files;
 mod fuzz;
 mod generation;

@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 pub use crate::admin::{AdminConfig, TenantPluginsConfig};
 pub use crate::auth::{ApiKeyConfig, AuthConfig};
+pub use crate::pipeline::cors::CorsConfig;
 pub use crate::pipeline::overload::ServerConfig;
 pub use crate::quota::{FailPolicy, LimitsConfig, RuleConfig, StoreKind, TenantLimitsConfig};
 pub use crate::registry::{BatchingConfig, ModelConfig, PluginSettings};
@@ -39,6 +40,9 @@ pub struct Config {
     /// How much the host takes on at once (in-flight limit, request timeout).
     #[serde(default)]
     pub server: ServerConfig,
+    /// Which other origins' pages may call the host from a browser.
+    #[serde(default)]
+    pub cors: CorsConfig,
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
@@ -151,6 +155,7 @@ impl Config {
 
     /// Checks everything that can be checked without loading anything.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.cors.layer()?;
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("models[{i}] (`{}`)", m.name);

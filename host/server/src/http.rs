@@ -25,17 +25,19 @@ use crate::registry::{Mounted, Registry};
 use crate::state::AppState;
 use crate::telemetry::Metrics;
 
-/// Limits the app takes from the config.
-pub struct AppLimits {
+/// What the app takes from the config besides the state.
+pub struct AppConfig {
     /// Largest plugin upload through the admin API.
     pub max_upload_bytes: usize,
     /// Largest plugin upload through the tenant API.
     pub tenant_max_upload_bytes: usize,
     /// Refused credentials per client address or key id and minute (`[auth]`).
     pub max_auth_failures_per_minute: u32,
+    /// `[cors]`, when on.
+    pub cors: Option<tower_http::cors::CorsLayer>,
 }
 
-pub fn app(state: AppState, overload: Overload, limits: &AppLimits) -> Router {
+pub fn app(state: AppState, overload: Overload, limits: &AppConfig) -> Router {
     let host = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -67,6 +69,7 @@ pub fn app(state: AppState, overload: Overload, limits: &AppLimits) -> Router {
             Arc::new(overload),
             overload::guard,
         ))
+        .layer(tower::util::option_layer(limits.cors.clone()))
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::record,

@@ -78,10 +78,11 @@ pub async fn run(
         metrics: Arc::new(telemetry::Metrics::default()),
         tenant_plugins: Arc::new(config.tenant_plugins.clone()),
     });
-    let limits = http::AppLimits {
+    let limits = http::AppConfig {
         max_upload_bytes: config.admin.max_upload_bytes,
         tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,
         max_auth_failures_per_minute: config.auth.max_failures_per_minute,
+        cors: config.cors.layer()?,
     };
     let overload = pipeline::overload::Overload::new(&config.server);
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
