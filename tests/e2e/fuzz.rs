@@ -4,27 +4,7 @@
 
 use std::process::Command;
 
-use crate::harness::{API_KEY, Host, root};
-
-/// The embedded default (`host/server/src/default.toml`) with its paths made absolute. The
-/// throttling of refused credentials is off: schemathesis tries requests without them, and
-/// would soon see nothing but 429.
-fn embedded_default() -> String {
-    let text = std::fs::read_to_string(root().join("host/server/src/default.toml")).unwrap();
-    let models = root().join("models");
-    let text: String = text
-        .lines()
-        .filter(|l| !l.starts_with("listen"))
-        .map(|l| {
-            l.replace(
-                "path = \"models/",
-                &format!("path = \"{}/", models.display()),
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    format!("{text}\n\n[auth]\nmax_failures_per_minute = 0\n")
-}
+use crate::harness::{API_KEY, Host, embedded_default};
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_violation() {
@@ -40,7 +20,9 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         eprintln!("skipping schemathesis: pip install -r tests/requirements.txt");
         return;
     }
-    let host = Host::start(&embedded_default());
+    // Throttling of refused credentials is off: schemathesis tries requests without them, and
+    // would soon see nothing but 429.
+    let host = Host::start(&embedded_default("[auth]\nmax_failures_per_minute = 0\n"));
     let out = Command::new(&python)
         .args([
             "-c",

@@ -198,6 +198,25 @@ fn kill_with_parent(pid: u32) {
         .spawn();
 }
 
+/// The embedded default (`host/server/src/default.toml`: the first-party plugins and bundled
+/// models) with its paths made absolute and `extra` appended.
+pub fn embedded_default(extra: &str) -> String {
+    let text = std::fs::read_to_string(root().join("host/server/src/default.toml")).unwrap();
+    let models = root().join("models");
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("listen"))
+        .map(|l| {
+            l.replace(
+                "path = \"models/",
+                &format!("path = \"{}/", models.display()),
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    format!("{text}\n\n{extra}")
+}
+
 /// Models and plugins of the standard test host; `extra` is appended.
 pub fn standard_config(extra: &str) -> String {
     format!(

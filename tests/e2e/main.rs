@@ -10,6 +10,7 @@ mod fuzz;
 mod generation;
 mod http_basics;
 mod limits;
+mod mcp;
 mod models;
 mod pipeline;
 mod reload;

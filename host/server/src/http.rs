@@ -1,5 +1,5 @@
 //! The HTTP surface: [`app`] puts together the host's own endpoints (health, readiness,
-//! metrics, the OpenAPI document and docs page here; the admin, tenant and OAuth APIs from
+//! metrics, the OpenAPI document and docs page here; the admin, tenant, OAuth and MCP APIs from
 //! their concerns), the plugin routes, and the layers of [`crate::pipeline`] around them all.
 
 use std::sync::Arc;
@@ -50,6 +50,7 @@ pub fn app(state: AppState, overload: Overload, limits: &AppConfig) -> Router {
         .merge(crate::admin::routes(limits.max_upload_bytes))
         .merge(crate::admin::tenant_routes(limits.tenant_max_upload_bytes))
         .merge(crate::auth::routes())
+        .merge(crate::mcp::routes())
         .route_layer(middleware::from_fn_with_state(
             HostAdmission {
                 quotas: state.quotas.clone(),

@@ -17,6 +17,7 @@
 //! - [`admin`]: the operator API under `/admin` (plugins and models) and tenant self-service.
 //! - [`pipeline`]: the request path as layers: request id, metrics, overload protection, and
 //!   the plugin handler (route, caller, authorisation, admission, the call).
+//! - [`mcp`]: the plugins' routes as MCP tools at `/mcp`, called through the same pipeline.
 //! - [`state`]: the state every handler reaches, composed of the concerns' parts.
 //! - [`http`]: the app: the host's endpoints, the plugin routes and the layers around them.
 //! - [`config`]: the operator's TOML configuration and the embedded default; it only composes
@@ -31,6 +32,7 @@ pub mod builtin;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod mcp;
 pub mod openapi;
 pub mod pipeline;
 pub mod quota;

@@ -33,7 +33,10 @@ pub async fn label_host_route(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| Arc::<str>::from(format!("{} {}", request.method(), p.as_str())));
     let mut response = next.run(request).await;
-    if let Some(route) = route {
+    // A handler that ran a plugin route (an MCP tool call) labelled the answer with it.
+    if let Some(route) = route
+        && response.extensions().get::<RouteLabel>().is_none()
+    {
         response.extensions_mut().insert(RouteLabel {
             plugin: Arc::from(""),
             route,

@@ -112,11 +112,23 @@ pub struct ModelInfo {
     pub generation: Option<infergate_nn::llm::LlmStats>,
 }
 
-#[derive(Default)]
 pub struct Registry {
     current: ArcSwapOption<Snapshot>,
     ready: AtomicBool,
     state: tokio::sync::Mutex<Option<State>>,
+    /// Counts published snapshots, for whoever follows changes (MCP's `list_changed`).
+    changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            current: ArcSwapOption::empty(),
+            ready: AtomicBool::new(false),
+            state: tokio::sync::Mutex::new(None),
+            changes: tokio::sync::watch::channel(0).0,
+        }
+    }
 }
 
 /// What changes serialise over.
@@ -164,6 +176,17 @@ impl Registry {
             versions_kept,
             plugins: BTreeMap::new(),
         });
+    }
+
+    /// Serves `snapshot` from now on, and tells the followers of changes.
+    fn publish_snapshot(&self, snapshot: Snapshot) {
+        self.current.store(Some(Arc::new(snapshot)));
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every snapshot published from now on.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Opens the host to requests: everything loaded at start-up is in.
@@ -296,7 +319,7 @@ impl Registry {
             }
         }
         let snapshot = build(state, Some((name, Some(mounted.clone()))))?;
-        self.current.store(Some(Arc::new(snapshot)));
+        self.publish_snapshot(snapshot);
         let entry = state.plugins.entry(name.to_string()).or_default();
         entry.versions.push_front(mounted.clone());
         entry.versions.truncate(state.versions_kept + 1);
@@ -329,7 +352,7 @@ impl Registry {
             )));
         }
         let snapshot = build(state, Some((name, None)))?;
-        self.current.store(Some(Arc::new(snapshot)));
+        self.publish_snapshot(snapshot);
         state.plugins.remove(name);
         tracing::info!(plugin = name, "plugin removed");
         Ok(())
@@ -347,7 +370,7 @@ impl Registry {
                 ChangeError::NotFound(format!("plugin `{name}` has no earlier version"))
             })?;
         let snapshot = build(state, Some((name, Some(previous.clone()))))?;
-        self.current.store(Some(Arc::new(snapshot)));
+        self.publish_snapshot(snapshot);
         if let Some(entry) = state.plugins.get_mut(name) {
             entry.versions.pop_front();
         }
