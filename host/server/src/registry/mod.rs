@@ -265,7 +265,14 @@ impl Registry {
             Ok(mounted) => self.publish(state, mounted, max_owned),
             Err(e) => Err(e),
         };
-        if result.is_err() && owner.is_some() {
+        let someone_elses = state
+            .plugins
+            .get(name)
+            .and_then(|e| e.versions.front())
+            .is_some_and(|m| m.owner.as_deref() != owner);
+        if someone_elses {
+            // Refused as another owner's plugin: its entry is not this deploy's to mark.
+        } else if result.is_err() && owner.is_some() {
             // A tenant sees the error in its answer; nothing of it stays in the registry.
             if state
                 .plugins
