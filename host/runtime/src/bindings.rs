@@ -33,4 +33,5 @@ wasmtime::component::bindgen!({
 pub use exports::infergate::plugin::manifest as wit_manifest;
 pub use infergate::plugin::host as wit_host;
 pub use infergate::plugin::llm as wit_llm;
+pub use wasi::config::store as wit_config;
 pub use wasi::nn as wit_nn;

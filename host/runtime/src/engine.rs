@@ -93,6 +93,8 @@ impl Runtime {
             .map_err(|e| wasm_err("infergate:plugin/host", e))?;
         crate::llm_host::add_to_linker(&mut linker)
             .map_err(|e| wasm_err("infergate:plugin/llm", e))?;
+        crate::variables::add_to_linker(&mut linker)
+            .map_err(|e| wasm_err("wasi:config/store", e))?;
 
         if let Some(dir) = &options.cache_dir {
             crate::private_dir::ensure(dir, "compile cache")?;

@@ -17,6 +17,9 @@
 //! - [`llm_host`]: the `infergate:plugin/llm` interface: text generation on granted language
 //!   models, with the tenant's token budget charged before decoding.
 //! - [`plugin`]: loading a plugin and calling it for one request.
+//! - [`outbound`]: outgoing HTTP, denied unless the operator grants destinations.
+//! - [`variables`]: configuration values and secrets the operator gives a plugin
+//!   (`wasi:config/store`).
 //! - [`private_dir`]: directories whose contents the host trusts later (the compile cache), made
 //!   and checked private to this user.
 
@@ -27,9 +30,11 @@ pub mod limits;
 pub mod llm_host;
 pub mod manifest;
 pub mod nn_host;
+pub mod outbound;
 pub mod plugin;
 pub mod private_dir;
 pub mod state;
+pub mod variables;
 
 pub use engine::{Runtime, RuntimeOptions};
 pub use limits::Limits;
@@ -37,3 +42,4 @@ pub use manifest::{Manifest, Route};
 pub use nn_host::ModelTable;
 pub use plugin::{InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec};
 pub use state::{BudgetRefused, RequestContext, TokenBudget, Usage, UsageSink};
+pub use variables::Variables;

@@ -31,6 +31,10 @@ pub struct Limits {
     pub max_request_bytes: usize,
     /// Largest response body a plugin may produce, in bytes.
     pub max_response_bytes: usize,
+    /// Outbound HTTP requests (to granted hosts) one plugin may have in flight at once.
+    pub max_outbound_concurrency: usize,
+    /// Largest response body of one outbound HTTP request, in bytes.
+    pub max_outbound_response_bytes: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +46,8 @@ impl Default for Limits {
             max_concurrency: 64,
             max_request_bytes: 1 << 20,
             max_response_bytes: 8 << 20,
+            max_outbound_concurrency: 8,
+            max_outbound_response_bytes: 8 << 20,
         }
     }
 }
@@ -64,6 +70,14 @@ impl Limits {
             ("max_concurrency", self.max_concurrency as u64),
             ("max_request_bytes", self.max_request_bytes as u64),
             ("max_response_bytes", self.max_response_bytes as u64),
+            (
+                "max_outbound_concurrency",
+                self.max_outbound_concurrency as u64,
+            ),
+            (
+                "max_outbound_response_bytes",
+                self.max_outbound_response_bytes as u64,
+            ),
         ];
         for (name, value) in positive {
             if value == 0 {

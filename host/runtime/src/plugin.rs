@@ -41,6 +41,10 @@ pub struct PluginSpec {
     pub limits: Limits,
     /// Models the plugin may open; must include every model its manifest lists.
     pub models: Vec<String>,
+    /// Where it may send HTTP requests (`scheme://host[:port]`); empty: nowhere.
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Values it reads through `wasi:config/store` (settings and secrets).
+    pub variables: crate::variables::Variables,
 }
 
 /// A plugin ready to serve: immutable, shared by all its requests.
@@ -55,6 +59,8 @@ pub struct Plugin {
     nn: NnState,
     name: Arc<str>,
     permits: Arc<Semaphore>,
+    outbound: Option<Arc<crate::outbound::OutboundPolicy>>,
+    variables: crate::variables::Variables,
 }
 
 /// One request, as the plugin will see it.
@@ -190,9 +196,14 @@ impl Runtime {
                 );
             }
         }
+        let outbound =
+            crate::outbound::OutboundPolicy::new(&spec.allowed_outbound_hosts, &spec.limits)
+                .map_err(anyhow::Error::msg)?;
         Ok(Plugin {
             name: manifest.name.as_str().into(),
             permits: Arc::new(Semaphore::new(spec.limits.max_concurrency)),
+            outbound,
+            variables: spec.variables,
             manifest,
             limits: spec.limits,
             digest,
@@ -278,6 +289,8 @@ impl Plugin {
         );
         state.usage_sink = request.usage_sink;
         state.budget = request.budget;
+        state.http_hooks = crate::outbound::Outbound(self.outbound.clone());
+        state.variables = self.variables.clone();
         let mut store = Store::new(self.pre.engine(), state);
         configure_store(&mut store, &self.limits);
 

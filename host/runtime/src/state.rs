@@ -100,8 +100,10 @@ pub struct PluginState {
     pub usage_sink: Option<UsageSink>,
     /// Who the plugin computes for, in the models' fair queues.
     pub caller: infergate_nn::Caller,
-    /// Deny-all hooks for outgoing HTTP.
-    pub http_hooks: DenyOutbound,
+    /// Outgoing HTTP: the plugin's grants (none: denied).
+    pub http_hooks: crate::outbound::Outbound,
+    /// The operator's values for this plugin (`wasi:config/store`).
+    pub variables: crate::variables::Variables,
     /// Generations this call started (`infergate:plugin/llm`).
     pub llm: crate::llm_host::LlmState,
     /// Charges token budgets before a generation; `None` when no token budget applies.
@@ -135,7 +137,8 @@ impl PluginState {
             plugin,
             usage: Usage::default(),
             usage_sink: None,
-            http_hooks: DenyOutbound,
+            http_hooks: crate::outbound::Outbound(None),
+            variables: Default::default(),
             llm: Default::default(),
             budget: None,
         }
@@ -158,28 +161,6 @@ impl WasiHttpView for PluginState {
             table: &mut self.table,
             hooks: &mut self.http_hooks,
         }
-    }
-}
-
-/// Outgoing HTTP is denied: plugins get no network unless an operator allow-lists hosts
-/// (not yet offered).
-pub struct DenyOutbound;
-
-impl wasmtime_wasi_http::WasiHttpHooks for DenyOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<wasmtime_wasi_http::WasiBody>,
-                    Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

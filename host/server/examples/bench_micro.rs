@@ -96,6 +96,8 @@ async fn main() -> anyhow::Result<()> {
         wasm: wasm.into(),
         limits: Limits::default(),
         models: vec![],
+        allowed_outbound_hosts: vec![],
+        variables: Default::default(),
     };
     let plugin = Arc::new(runtime.load_plugin(spec, &ModelTable::default()).await?);
     let plugin_ref = &*plugin;

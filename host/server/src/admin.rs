@@ -184,7 +184,13 @@ impl DeployQuery {
                 max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
                 max_request_bytes: self.max_request_bytes.unwrap_or(d.max_request_bytes),
                 max_response_bytes: self.max_response_bytes.unwrap_or(d.max_response_bytes),
+                ..d
             },
+            // Outbound grants and secrets are the operator's, in the config or the watched
+            // directory.
+            allowed_outbound_hosts: Vec::new(),
+            config: Default::default(),
+            secrets: Default::default(),
         }
     }
 }
@@ -434,6 +440,7 @@ async fn tenant_put(
         max_concurrency: d.max_concurrency.min(policy.max_concurrency),
         max_request_bytes: d.max_request_bytes.min(policy.max_request_bytes),
         max_response_bytes: d.max_response_bytes.min(policy.max_response_bytes),
+        ..d
     };
     let mut settings = query.settings(capped);
     let l = &settings.limits;

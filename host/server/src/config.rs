@@ -5,7 +5,7 @@
 //! serves [`EMBEDDED_DEFAULT`]: the first-party plugins (compiled into the binary) and the
 //! bundled models, on 127.0.0.1.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -87,6 +87,15 @@ pub struct PluginConfig {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Where it may send HTTP requests: `scheme://host[:port]` each; empty: nowhere.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Values the plugin reads through `wasi:config/store`.
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secrets the plugin reads through `wasi:config/store`: key = environment variable.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -242,6 +251,9 @@ impl PluginConfig {
             mount: self.mount.clone(),
             models: self.models.clone(),
             limits: self.limits.clone(),
+            allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
+            config: self.config.clone(),
+            secrets: self.secrets.clone(),
         }
     }
 }

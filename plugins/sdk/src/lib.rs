@@ -12,6 +12,8 @@
 //! - [`http`]: reading the request body and writing the response over `wasi:http` streams.
 //! - [`nn`]: typed helpers over `wasi:nn` (load a model by name, run it, read outputs).
 //! - [`llm`]: text generation on host-owned language models, streamed token by token.
+//! - [`outbound`]: HTTP requests to the destinations the operator granted this plugin.
+//! - [`config`]: the operator's settings and secrets for this plugin.
 //! - [`plugin!`]: the macro that ties a plugin's routes to the component's exports.
 //!
 //! ```ignore
@@ -41,9 +43,9 @@ extern crate self as infergate_sdk;
 
 /// Raw bindings for the `infergate:plugin/plugin` world, generated once here.
 ///
-/// Plugins rarely need them: [`plugin!`] exports the world, [`Ctx`] wraps the `host` interface
-/// and [`nn`] wraps `wasi:nn`. They are public for what the SDK does not cover (for example an
-/// outbound `wasi:http/outgoing-handler` call).
+/// Plugins rarely need them: [`plugin!`] exports the world, [`Ctx`] wraps the `host` interface,
+/// [`nn`] wraps `wasi:nn`, [`outbound`] wraps `wasi:http/outgoing-handler` and [`config`] wraps
+/// `wasi:config/store`. They are public for what the SDK does not cover.
 #[allow(missing_docs, clippy::all)]
 pub mod bindings {
     wit_bindgen::generate!({
@@ -57,11 +59,13 @@ pub mod bindings {
     });
 }
 
+pub mod config;
 pub mod ctx;
 pub mod error;
 pub mod http;
 pub mod llm;
 pub mod nn;
+pub mod outbound;
 pub mod route;
 
 pub use ctx::{Ctx, LogLevel};
@@ -76,11 +80,11 @@ pub use serde_json;
 
 /// Everything a plugin usually needs: `use infergate_sdk::prelude::*;`.
 pub mod prelude {
+    pub use crate::{config, llm, nn, outbound};
     pub use crate::{
         delete, get, patch, plugin, post, put, raw, BodyWriter, Ctx, Error, LogLevel, Request,
         Response, Result, Route,
     };
-    pub use crate::{llm, nn};
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};
 }

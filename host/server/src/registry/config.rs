@@ -1,6 +1,7 @@
 //! What the registry is asked to serve: a model (`[[models]]`, `PUT /admin/models/{name}`) and
 //! the settings of a plugin (its mount, models and limits), whatever brought it in.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -89,6 +90,17 @@ pub struct PluginSettings {
     pub models: Vec<String>,
     #[serde(default)]
     pub limits: Limits,
+    /// Where it may send HTTP requests: `scheme://host[:port]` each; empty: nowhere.
+    #[serde(default)]
+    pub allowed_outbound_hosts: Vec<String>,
+    /// Values the plugin reads through `wasi:config/store` (an upstream's URL, a model name).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+    /// Secrets the plugin reads through `wasi:config/store`, by key: the name of the environment
+    /// variable of the host's process that holds each one. Read when the plugin is loaded, so a
+    /// secret is never written in a config file and never logged.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl PluginSettings {
@@ -100,7 +112,36 @@ impl PluginSettings {
                 "mount must be a plain path starting with `/`"
             );
         }
-        self.limits.validate().map_err(anyhow::Error::msg)
+        self.limits.validate().map_err(anyhow::Error::msg)?;
+        for key in self.config.keys().chain(self.secrets.keys()) {
+            anyhow::ensure!(
+                !key.is_empty()
+                    && key.len() <= 128
+                    && key
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b)),
+                "config/secrets key `{key}`: use 1 to 128 letters, digits, `_`, `-` or `.`"
+            );
+            anyhow::ensure!(
+                !(self.config.contains_key(key) && self.secrets.contains_key(key)),
+                "`{key}` is both in config and in secrets"
+            );
+        }
+        Ok(())
+    }
+
+    /// The values the plugin reads through `wasi:config/store`: `config`, and each secret read
+    /// from its environment variable now. An unset variable is an error naming it (and never a
+    /// value).
+    pub fn variables(&self) -> anyhow::Result<infergate_runtime::Variables> {
+        let mut values = self.config.clone();
+        for (key, var) in &self.secrets {
+            let value = std::env::var(var).map_err(|_| {
+                anyhow::anyhow!("secret `{key}`: environment variable `{var}` is not set")
+            })?;
+            values.insert(key.clone(), value);
+        }
+        Ok(infergate_runtime::Variables::new(values))
     }
 
     /// The path prefix for a plugin called `name`, without a trailing slash ("" for root).

@@ -574,6 +574,10 @@ async fn prepare(
         wasm,
         limits: settings.limits.clone(),
         models: settings.models.clone(),
+        allowed_outbound_hosts: settings.allowed_outbound_hosts.clone(),
+        variables: settings
+            .variables()
+            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?,
     };
     let plugin = runtime
         .load_plugin(spec, models)
