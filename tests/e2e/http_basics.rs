@@ -172,6 +172,53 @@ async fn bad_bodies_get_clear_json_errors() {
     assert_eq!(ok.status(), 200);
 }
 
+/// A client that is still sending when the answer comes (a body over the limit, a refused
+/// credential) can send the rest and read the answer: the host reads the unread body away
+/// instead of resetting the connection.
+#[tokio::test]
+async fn an_early_answer_does_not_reset_a_client_still_sending() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let host = shared();
+    let addr = host.base.trim_start_matches("http://").to_string();
+    for (auth, status) in [
+        (format!("Bearer {API_KEY}"), "413"),
+        ("Bearer wrong-key-0123456789".to_string(), "401"),
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let size = 2 << 20;
+        let head = format!(
+            "POST /hostile/echo HTTP/1.1\r\nhost: x\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        // The answer is ready before the body is sent.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let chunk = vec![b' '; 64 << 10];
+        for _ in 0..size / chunk.len() {
+            tokio::time::timeout(std::time::Duration::from_secs(10), stream.write_all(&chunk))
+                .await
+                .expect("the host goes on reading")
+                .expect("the host took the whole body");
+        }
+        // The head of the answer (a 401 keeps the connection open, so read only that far).
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), stream.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap();
+            assert!(n > 0, "closed without an answer");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+    }
+    assert!(host.alive());
+}
+
 #[tokio::test]
 async fn oversized_bodies_are_refused() {
     let host = shared();

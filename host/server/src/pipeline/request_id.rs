@@ -1,17 +1,37 @@
 //! The outermost layer: gives every request an id (the client's `X-Request-Id` if it is sane),
 //! sets it for the request's task ([`crate::error::REQUEST_ID`]) and echoes it on the response,
 //! and turns any error answer that is not JSON (from axum itself) into the one error shape.
+//!
+//! It also keeps the connection's manners when an answer comes before the request body was
+//! read (a refused credential, a body over its limit): the rest of the body is read and thrown
+//! away in the background, up to [`LINGER_BYTES`] and [`LINGER_TIME`] ([`Lingering`]), so a
+//! client still sending gets the answer instead of a reset connection (nginx's lingering close).
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::BodyExt as _;
 
 use crate::error::{ApiError, REQUEST_ID};
 
 /// Gives every request an id (the client's `X-Request-Id` if it is sane), echoes it on the
 /// response, and turns any error response that is not JSON into the standard error shape.
 pub async fn request_id(request: Request, next: Next) -> Response {
+    let request = request.map(|body| {
+        if body.is_end_stream() {
+            body
+        } else {
+            Body::new(Lingering(Some(body)))
+        }
+    });
     let id = request
         .headers()
         .get("x-request-id")
@@ -69,6 +89,61 @@ fn new_request_id() -> String {
     bytes[..8].copy_from_slice(&next().to_le_bytes());
     bytes[8..].copy_from_slice(&next().to_le_bytes()[..4]);
     hex::encode(bytes)
+}
+
+/// The most of an unread request body read and thrown away after the answer.
+pub const LINGER_BYTES: usize = 16 << 20;
+/// The longest an unread request body is read for after the answer.
+pub const LINGER_TIME: Duration = Duration::from_secs(5);
+
+/// A request body that, dropped before its end, is read to its end (within [`LINGER_BYTES`]
+/// and [`LINGER_TIME`]) by a task of its own.
+struct Lingering(Option<Body>);
+
+impl http_body::Body for Lingering {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        match self.0.as_mut() {
+            Some(body) => Pin::new(body).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.0.as_ref().map(|b| b.size_hint()).unwrap_or_default()
+    }
+}
+
+impl Drop for Lingering {
+    fn drop(&mut self) {
+        let Some(body) = self.0.take().filter(|b| !b.is_end_stream()) else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut read = 0;
+                let drain = async {
+                    let mut body = body;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        read += frame.data_ref().map_or(0, Bytes::len);
+                        if read > LINGER_BYTES {
+                            break;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+            });
+        }
+    }
 }
 
 fn ensure_json_error(response: Response) -> Response {
