@@ -410,6 +410,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_missing_id_is_remembered_longer_than_a_found_one() {
+        let (s, _d) = store().await;
+        s.create_tenant("acme", None, &[]).await.unwrap();
+        let (found, _) = s
+            .create_key(NewKey {
+                tenant: "acme".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let missing = "0123456789ab";
+        assert!(s.key(&found.id).await.unwrap().is_some());
+        assert!(s.key(missing).await.unwrap().is_none());
+        // Behind the cache's back, the key moves to the id that was looked up and missed.
+        sqlx::query("UPDATE ig_api_keys SET id = $1 WHERE id = $2")
+            .bind(missing)
+            .bind(&found.id)
+            .execute(&s.db.pool)
+            .await
+            .unwrap();
+        tokio::time::sleep(CACHE_TTL + Duration::from_millis(200)).await;
+        // A found key is asked for again after CACHE_TTL; a miss is not (no query per guess).
+        assert!(s.key(&found.id).await.unwrap().is_none());
+        assert!(s.key(missing).await.unwrap().is_none());
+        s.clear_cache();
+        assert!(s.key(missing).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn keys_live_and_die() {
         let (s, _d) = store().await;
         assert!(matches!(
