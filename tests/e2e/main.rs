@@ -18,3 +18,4 @@ mod pipeline;
 mod reload;
 mod sandbox;
 mod scheduling;
+mod traces;

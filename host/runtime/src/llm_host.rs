@@ -33,6 +33,8 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 /// The `generation` resource: a running generation; dropping it cancels it.
 pub struct GenerationHandle {
     generation: Arc<Generation>,
+    /// The `generation` span (exported traces only): from start to the drop.
+    _span: tracing::Span,
 }
 
 #[wasmtime_wasi::async_trait]
@@ -103,7 +105,8 @@ impl wit_llm::Host for PluginState {
             Ok(n) => n,
             Err(e) => return Ok(Err(to_wit(e))),
         };
-        let reserve = tokens.len() as u64 + u64::from(max_tokens);
+        let tokens_in = tokens.len() as u64;
+        let reserve = tokens_in + u64::from(max_tokens);
         if let Some(budget) = self.budget.clone() {
             if let Err(refused) = budget.reserve(reserve).await {
                 return Err(wasmtime::Error::new(HostAbort::QuotaExceeded {
@@ -123,7 +126,17 @@ impl wit_llm::Host for PluginState {
             };
         self.llm.open.push(Arc::downgrade(&generation));
         self.llm.started.push(generation.usage_handle());
-        Ok(Ok(self.table.push(GenerationHandle { generation })?))
+        let span = tracing::info_span!(
+            target: "otel",
+            "generation",
+            model = %model.spec().name,
+            gen_ai.usage.input_tokens = tokens_in,
+            gen_ai.request.max_tokens = max_tokens,
+        );
+        Ok(Ok(self.table.push(GenerationHandle {
+            generation,
+            _span: span,
+        })?))
     }
 
     fn models(&mut self) -> wasmtime::Result<Vec<wit_llm::ModelInfo>> {

@@ -10,19 +10,33 @@
 //! Per plugin, at most `max_outbound_concurrency` requests are in flight (more wait, within the
 //! plugin's wall-clock limit, which also bounds how long any of them may take), and a response
 //! body may have at most `max_outbound_response_bytes`.
+//!
+//! Each request is an `outbound` span (target `otel`, exported only when tracing is on), and
+//! carries the trace on to the upstream in `traceparent` once the server installs
+//! [`set_trace_headers`].
 
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument as _;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::limits::Limits;
+
+/// Writes the current span's trace context into an outbound request's headers.
+static TRACE_HEADERS: OnceLock<fn(&mut http::HeaderMap)> = OnceLock::new();
+
+/// Installs what writes the trace context (`traceparent`) into every outbound request; the
+/// server does when it exports traces.
+pub fn set_trace_headers(write: fn(&mut http::HeaderMap)) {
+    let _ = TRACE_HEADERS.set(write);
+}
 
 /// One granted destination.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,12 +149,25 @@ type SendResult = wasmtime_wasi_http::Result<(
 impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = Result<(), Error>> + Send>,
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let policy = self.0.clone();
-        Box::new(async move {
+        let span = tracing::info_span!(
+            target: "otel",
+            "outbound",
+            otel.kind = "client",
+            http.request.method = %request.method(),
+            url.full = %request.uri(),
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        if let Some(write) = TRACE_HEADERS.get() {
+            span.in_scope(|| write(request.headers_mut()));
+        }
+        let recorder = span.clone();
+        let sent = async move {
             let policy = policy.ok_or(Error::HttpRequestDenied)?;
             let uri = request.uri();
             let https = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
@@ -186,7 +213,22 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
                 response,
                 Box::new(io) as Box<dyn Future<Output = Result<(), Error>> + Send>,
             ))
-        })
+        };
+        Box::new(
+            async move {
+                let result = sent.await;
+                match &result {
+                    Ok((response, _)) => {
+                        recorder.record("http.response.status_code", response.status().as_u16());
+                    }
+                    Err(e) => {
+                        recorder.record("error.type", tracing::field::debug(e));
+                    }
+                }
+                result
+            }
+            .instrument(span),
+        )
     }
 }
 

@@ -325,7 +325,8 @@ impl Plugin {
 
         // A streaming route: the guest runs in a task of its own, since it goes on writing the
         // body after this call has returned the response head.
-        let mut task = AbortOnDrop(tokio::spawn(guest));
+        // Its spans (model calls, outbound requests) stay in the caller's trace.
+        let mut task = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(guest)));
         let response = match receiver.await {
             Ok(Ok(response)) => response,
             // The guest answered with an error code instead of a response.

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::pipeline::admission::HostAdmission;
 use crate::pipeline::failures::Failures;
 use crate::pipeline::overload::Overload;
-use crate::pipeline::{admission, failures, metrics, overload, plugin, request_id};
+use crate::pipeline::{admission, failures, metrics, overload, plugin, request_id, trace};
 use crate::quota::Quotas;
 use crate::registry::{Mounted, Registry};
 use crate::state::AppState;
@@ -74,6 +74,9 @@ pub fn app(state: AppState, overload: Overload, limits: &AppConfig) -> Router {
         .layer(middleware::from_fn_with_state(
             state.metrics.clone(),
             metrics::record,
+        ))
+        .layer(tower::util::option_layer(
+            crate::telemetry::trace::enabled().then(|| middleware::from_fn(trace::request)),
         ))
         .layer(middleware::from_fn(request_id::request_id))
 }

@@ -103,13 +103,15 @@ enum TenantsCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    infergate::telemetry::logs::init(infergate::telemetry::logs::Format::from_env()?);
+    infergate::telemetry::logs::init(infergate::telemetry::logs::Format::from_env()?)?;
     let cli = Cli::parse();
-    match cli.command {
+    let done = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
         Command::Keys { config, command } => keys(config, command).await,
         Command::Tenants { config, command } => tenants(config, command).await,
-    }
+    };
+    infergate::telemetry::trace::shutdown();
+    done
 }
 
 async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyhow::Result<()> {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
+use tracing::Instrument as _;
 
 use crate::NnError;
 use crate::cores::ComputeCores;
@@ -110,11 +111,18 @@ impl Scheduler {
         let estimate = self.counters.estimate_seconds();
         // Take a slot at once if one is free and nobody waits; else join the queue or be refused.
         let ticket = self.admit(model, caller, estimate)?;
+        // Spans of target `otel` exist only while traces are exported.
+        let wait_span = tracing::info_span!(target: "otel", "queue_wait", model);
         let work = async move {
             let slot = match ticket {
-                Ticket::Slot(slot) => slot,
+                Ticket::Slot(slot) => {
+                    drop(wait_span);
+                    slot
+                }
                 Ticket::Wait(receiver, place_in_queue) => {
-                    let waited = tokio::time::timeout(self.queue_timeout, receiver).await;
+                    let waited = tokio::time::timeout(self.queue_timeout, receiver)
+                        .instrument(wait_span)
+                        .await;
                     drop(place_in_queue);
                     match waited {
                         Ok(Ok(slot)) => slot,
@@ -136,13 +144,17 @@ impl Scheduler {
             };
             let queued = arrived.elapsed();
             let pin = self.counters.runs_pinned() && ComputeCores::global().available();
+            let span = tracing::info_span!(target: "otel", "inference", model);
             let (result, compute) = if small && self.counters.runs_inline() {
-                run_holding(slot, &self.counters, job)
+                span.in_scope(|| run_holding(slot, &self.counters, job))
             } else if !pin && self.counters.runs_in_place(timeout) && on_worker_pool() {
-                tokio::task::block_in_place(|| run_holding(slot, &self.counters, job))
+                span.in_scope(|| {
+                    tokio::task::block_in_place(|| run_holding(slot, &self.counters, job))
+                })
             } else {
                 let counters = self.counters.clone();
                 tokio::task::spawn_blocking(move || {
+                    let _span = span.enter();
                     let _pinned = pin
                         .then(|| ComputeCores::global().pin_current_thread())
                         .flatten();

@@ -2,15 +2,17 @@
 //!
 //! 1. [`request_id`]: an id per request (the client's `X-Request-Id` when sane), echoed on the
 //!    response; any error answer that is not JSON gets the one error shape.
-//! 2. [`metrics`]: every answer counted by plugin, route and status, early refusals included.
-//! 3. [`cors`]: when `[cors]` allows other origins, preflights are answered here (before
+//! 2. [`trace`]: when traces are exported, the request's root span (a child of the caller's
+//!    `traceparent`); absent otherwise.
+//! 3. [`metrics`]: every answer counted by plugin, route and status, early refusals included.
+//! 4. [`cors`]: when `[cors]` allows other origins, preflights are answered here (before
 //!    authentication and every limit) and answers carry the CORS headers.
-//! 4. [`overload`]: a global in-flight limit (beyond it, 503 `overloaded` with `Retry-After`,
+//! 5. [`overload`]: a global in-flight limit (beyond it, 503 `overloaded` with `Retry-After`,
 //!    at once: load is shed, not queued) and a request timeout. Health, readiness and metrics
 //!    are exempt, so probes answer under overload.
-//! 5. [`failures`]: a client address or key id with too many refused credentials in the last
+//! 6. [`failures`]: a client address or key id with too many refused credentials in the last
 //!    minute gets 429 at once, before its credential is looked at.
-//! 6. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
+//! 7. The routes: the host's own endpoints (each concern owns its routes; [`admission`] applies
 //!    the quota rules that name them; their handlers take the caller as a
 //!    [`crate::auth::Principal`] extractor), and every other path to [`plugin::serve`], which
 //!    reads top to bottom: the route (and its metrics label), the caller (401), authorisation
@@ -26,6 +28,7 @@ pub mod metrics;
 pub mod overload;
 pub mod plugin;
 pub mod request_id;
+pub mod trace;
 
 /// What the metrics layer labels an answer with; set on the response by whoever resolved the
 /// route. Absent: the request was refused before any route was known.

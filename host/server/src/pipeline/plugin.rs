@@ -18,6 +18,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use super::RouteLabel;
 use crate::auth::{Auth, Principal};
@@ -25,6 +26,7 @@ use crate::error::{ApiError, current_request_id};
 use crate::quota::{Admission, Quotas, Refusal, Subject};
 use crate::registry::{Mounted, Registry};
 use crate::router::Match;
+use crate::telemetry::trace::TARGET as TRACE;
 
 /// What [`resolve`] found for a request.
 enum Resolved {
@@ -102,7 +104,11 @@ async fn answer(
     resolved: Resolved,
     request: Request,
 ) -> Result<(Response, HeaderMap), Refusal> {
-    let principal = routes.auth.authenticate(request.headers()).await?;
+    let principal = routes
+        .auth
+        .authenticate(request.headers())
+        .instrument(tracing::info_span!(target: TRACE, "auth"))
+        .await?;
     let target = authorize(&routes.auth, &principal, resolved, &request)?;
     let admission = admit(
         &routes.quotas,
@@ -111,6 +117,7 @@ async fn answer(
         request.extensions(),
         request.headers(),
     )
+    .instrument(tracing::info_span!(target: TRACE, "admission"))
     .await?;
     let headers = admission.headers.clone();
     let priority = routes
@@ -259,6 +266,12 @@ async fn call(
     let budgets = admission.has_budgets();
     let budget = admission.token_budget();
     let (usage_sink, settled) = admission.into_sink();
+    let plugin_span = tracing::info_span!(
+        target: TRACE,
+        "plugin",
+        infergate.plugin = %mounted.name,
+        http.route = %route.path.raw,
+    );
     let response = mounted
         .plugin
         .handle(PluginRequest {
@@ -271,6 +284,7 @@ async fn call(
             usage_sink: Some(usage_sink),
             budget,
         })
+        .instrument(plugin_span)
         .await?;
     if budgets && matches!(response.body, PluginBody::Full(_)) {
         // Charge tokens and compute time before answering, so the caller's next request

@@ -37,22 +37,29 @@ impl Format {
     }
 }
 
-/// Installs the process's log subscriber.
-pub fn init(format: Format) {
-    let filter = EnvFilter::try_from_env("INFERGATE_LOG").unwrap_or_else(|_| DEFAULT_FILTER.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        Format::Json => builder.json().flatten_event(false).init(),
+/// Installs the process's subscriber: the log lines, and the trace exporter when one is
+/// configured ([`super::trace`]). Log lines never show the exported spans.
+pub fn init(format: Format) -> anyhow::Result<()> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let filter = EnvFilter::try_from_env("INFERGATE_LOG")
+        .unwrap_or_else(|_| DEFAULT_FILTER.into())
+        .add_directive(format!("{}=off", super::trace::TARGET).parse()?);
+    let lines = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let lines = match format {
+        Format::Json => lines.json().flatten_event(false).boxed(),
         Format::Text => {
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            builder
-                .with_ansi(colour)
-                .fmt_fields(escaped_fields())
-                .init()
+            lines.with_ansi(colour).fmt_fields(escaped_fields()).boxed()
         }
-    }
+    };
+    tracing_subscriber::registry()
+        .with(lines.with_filter(filter))
+        .with(super::trace::layer()?)
+        .try_init()?;
+    Ok(())
 }
 
 /// Text fields as `name=value`, the message bare, each escaped.

@@ -4,9 +4,10 @@
 //! tokens, OpenTelemetry `gen_ai` names; tokens by tenant, plugin and model), and limit store
 //! errors, rendered as Prometheus text at `/metrics`.
 //! Requests are recorded once each by the metrics layer (`pipeline::metrics`).
-//! Log lines: [`logs`].
+//! Log lines: [`logs`]. Traces (spans exported over OTLP, `traceparent`): [`trace`].
 
 pub mod logs;
+pub mod trace;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
