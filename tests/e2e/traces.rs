@@ -228,3 +228,36 @@ allowed_outbound_hosts = ["http://127.0.0.1:{up}"]
     // The log lines do not carry the exported spans.
     assert!(!host.log_text().contains("queue_wait"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_is_a_span_of_its_plugin() {
+    let (otlp, spans) = receiver().await;
+    let host = Host::start_with_env(
+        &crate::harness::embedded_default(""),
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://127.0.0.1:{otlp}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let trace_id = "11112222333344445555666677778888";
+    let r = client()
+        .post(host.url("/v1/chat/completions"))
+        .header("traceparent", format!("00-{trace_id}-1111222233334444-01"))
+        .json(&json!({"model": "smollm2-135m-instruct", "max_tokens": 2,
+            "messages": [{"role": "user", "content": "Hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let found = trace(&spans, trace_id, &["plugin", "generation"]).await;
+    let root = one(&found, "POST /chat/completions");
+    assert_eq!(parent(root), "1111222233334444");
+    assert_eq!(
+        parent(one(&found, "generation")),
+        one(&found, "plugin")["spanId"].as_str().unwrap()
+    );
+}
