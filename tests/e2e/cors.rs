@@ -95,8 +95,6 @@ fetch(host + "/digits/classify", {{
 
 /// Serves `html` at `/` on a loopback port of its own; returns its origin.
 async fn serve_page(html: String) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let origin = format!("http://{}", listener.local_addr().unwrap());
     let app = axum::Router::new().route(
         "/",
         axum::routing::get(move || {
@@ -104,8 +102,7 @@ async fn serve_page(html: String) -> String {
             async move { axum::response::Html(html) }
         }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    origin
+    format!("http://127.0.0.1:{}", crate::harness::serve(app).await)
 }
 
 /// The page's `#out` once headless Chromium has run it.

@@ -83,9 +83,7 @@ async fn upstream(name: &'static str, mode: Mode) -> (u16, Seen) {
             ),
         )
         .with_state(seen.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = crate::harness::serve(app).await;
     (port, seen)
 }
 

@@ -267,6 +267,14 @@ max_response_bytes = 1048576
     )
 }
 
+/// Serves `app` on a loopback port of its own for the rest of the test; returns the port.
+pub async fn serve(app: axum::Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    port
+}
+
 /// An HTTP client with the test API key.
 pub fn client() -> reqwest::Client {
     client_with(API_KEY)

@@ -11,8 +11,6 @@ use crate::harness::{Host, client, expect_error, model, shared, wasm};
 /// `elsewhere`. Returns its port.
 async fn upstream(elsewhere: u16) -> u16 {
     use axum::routing::get;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
     let app = axum::Router::new()
         .route("/", get(|| async { "ok" }))
         .route("/big", get(|| async { "x".repeat(64 * 1024) }))
@@ -35,8 +33,7 @@ async fn upstream(elsewhere: u16) -> u16 {
                 )
             }),
         );
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    port
+    crate::harness::serve(app).await
 }
 
 async fn outbound(host: &Host, query: &str) -> Value {

@@ -29,9 +29,7 @@ async fn receiver() -> (u16, Received) {
             axum::Json(json!({}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = crate::harness::serve(app).await;
     (port, spans)
 }
 
@@ -48,10 +46,24 @@ async fn upstream() -> (u16, Arc<Mutex<Vec<String>>>) {
             "ok"
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let port = crate::harness::serve(app).await;
     (port, seen)
+}
+
+/// A host with `config` that exports its spans to the receiver on port `otlp`, soon after each
+/// request ends.
+fn traced(config: &str, otlp: u16) -> Host {
+    Host::start_with_env(
+        config,
+        &[
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                &format!("http://127.0.0.1:{otlp}"),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    )
 }
 
 /// The spans of trace `id`, once `names` are all among them.
@@ -102,7 +114,7 @@ fn parent(span: &Value) -> &str {
 async fn a_request_is_one_trace_under_the_callers_traceparent() {
     let (otlp, spans) = receiver().await;
     let (up, upstream_seen) = upstream().await;
-    let host = Host::start_with_env(
+    let host = traced(
         &format!(
             r#"
 [[models]]
@@ -124,14 +136,7 @@ allowed_outbound_hosts = ["http://127.0.0.1:{up}"]
             digits_wasm = wasm("digits"),
             hostile = wasm("hostile"),
         ),
-        &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                &format!("http://127.0.0.1:{otlp}"),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
+        otlp,
     );
 
     // A model call: request > auth, admission, plugin > queue_wait, inference.
@@ -232,17 +237,7 @@ allowed_outbound_hosts = ["http://127.0.0.1:{up}"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_is_a_span_of_its_plugin() {
     let (otlp, spans) = receiver().await;
-    let host = Host::start_with_env(
-        &crate::harness::embedded_default(""),
-        &[
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
-                &format!("http://127.0.0.1:{otlp}"),
-            ),
-            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let host = traced(&crate::harness::embedded_default(""), otlp);
     let trace_id = "11112222333344445555666677778888";
     let r = client()
         .post(host.url("/v1/chat/completions"))

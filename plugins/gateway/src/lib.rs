@@ -202,7 +202,7 @@ impl Usage {
             let Some(data) = line.strip_prefix(b"data:") else {
                 continue;
             };
-            if memchr_usage(data) {
+            if mentions_usage(data) {
                 if let Ok(value) = serde_json::from_slice::<Value>(data) {
                     self.read(&value);
                 }
@@ -221,7 +221,7 @@ impl Usage {
     }
 }
 
-fn memchr_usage(data: &[u8]) -> bool {
+fn mentions_usage(data: &[u8]) -> bool {
     data.windows(7).any(|w| w == b"\"usage\"")
 }
 

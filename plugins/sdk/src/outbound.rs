@@ -280,19 +280,23 @@ impl Response {
 
     /// The next chunk of the body as it arrives; `None` at its end.
     pub fn chunk(&mut self) -> Result<Option<Vec<u8>>, SendError> {
+        self.read_at_most(READ_CHUNK)
+    }
+
+    /// Up to `max` bytes of the body, waiting for at least one; `None` at its end (after
+    /// which the stream is gone).
+    fn read_at_most(&mut self, max: u64) -> Result<Option<Vec<u8>>, SendError> {
         let Some(stream) = &self.stream else {
             return Ok(None);
         };
-        match stream.blocking_read(READ_CHUNK) {
+        let read = stream.blocking_read(max);
+        if read.is_err() {
+            self.stream = None;
+        }
+        match read {
             Ok(bytes) => Ok(Some(bytes)),
-            Err(StreamError::Closed) => {
-                self.stream = None;
-                Ok(None)
-            }
-            Err(e) => {
-                self.stream = None;
-                Err(SendError::from_stream(e))
-            }
+            Err(StreamError::Closed) => Ok(None),
+            Err(e) => Err(SendError::from_stream(e)),
         }
     }
 
@@ -320,24 +324,20 @@ impl Response {
 
 impl io::Read for Response {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(stream) = &self.stream else {
+        if buf.is_empty() {
             return Ok(0);
-        };
+        }
         loop {
-            match stream.blocking_read(buf.len() as u64) {
-                Ok(bytes) if bytes.is_empty() => continue,
-                Ok(bytes) => {
+            match self
+                .read_at_most(buf.len() as u64)
+                .map_err(io::Error::other)?
+            {
+                Some(bytes) if bytes.is_empty() => continue,
+                Some(bytes) => {
                     buf[..bytes.len()].copy_from_slice(&bytes);
                     return Ok(bytes.len());
                 }
-                Err(StreamError::Closed) => {
-                    self.stream = None;
-                    return Ok(0);
-                }
-                Err(e) => {
-                    self.stream = None;
-                    return Err(io::Error::other(SendError::from_stream(e)));
-                }
+                None => return Ok(0),
             }
         }
     }
