@@ -258,6 +258,33 @@ async fn a_stream_is_cut_at_the_wall_clock_limit() {
     digits_ok(&client(), &host.base).await;
 }
 
+/// A stream whose plugin hits its CPU limit after the head was sent (the guest's store is
+/// dropped, which ends the body) ends in that error too, never as a finished stream.
+#[tokio::test]
+async fn a_stream_whose_plugin_traps_ends_in_the_error() {
+    let host = shared();
+    let r = client()
+        .get(host.url("/hostile/events?n=3&ms=10&then=spin"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    assert_eq!(
+        body.matches("data: ").count(),
+        4,
+        "3 events and the error: {body}"
+    );
+    let last = body.trim_end().rsplit("\n\n").next().unwrap();
+    assert!(
+        last.starts_with("event: error\ndata: ")
+            && last.contains("\"code\":\"plugin_timeout\"")
+            && last.contains("CPU"),
+        "a stream cut by the CPU limit must not look complete: {body:?}"
+    );
+    digits_ok(&client(), &host.base).await;
+}
+
 #[tokio::test]
 async fn a_plugin_answers_only_with_final_statuses() {
     let host = shared();

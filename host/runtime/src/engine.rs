@@ -2,7 +2,7 @@
 //!
 //! The engine uses the pooling allocator (instantiation in tens of microseconds, so a fresh
 //! store per request is cheap) and epoch interruption (a background thread ticks every
-//! [`EPOCH_TICK`]; [`crate::limits`] turns ticks into a CPU budget and cooperative yields).
+//! [`EPOCH_TICK`]; [`crate::limits`] checks the CPU budget and yields on each tick).
 //! Compiled components are cached on disk by content hash and engine fingerprint, so a restart
 //! with unchanged plugins skips Cranelift entirely.
 
@@ -137,7 +137,7 @@ impl Runtime {
         Ok((component, CacheOutcome::Miss))
     }
 
-    fn compile_fresh(&self, wasm: &[u8]) -> anyhow::Result<Component> {
+    pub(crate) fn compile_fresh(&self, wasm: &[u8]) -> anyhow::Result<Component> {
         Component::new(&self.engine, wasm).map_err(|e| {
             // One line: wasmtime's alternate form spreads byte arrays over many lines.
             let detail = format!("{e:#}")

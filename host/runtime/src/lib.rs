@@ -17,6 +17,7 @@
 //! - [`llm_host`]: the `infergate:plugin/llm` interface: text generation on granted language
 //!   models, with the tenant's token budget charged before decoding.
 //! - [`plugin`]: loading a plugin and calling it for one request.
+//! - [`pool`]: warm instances of plugins that opt in (`reuse`), kept per tenant.
 //! - [`outbound`]: outgoing HTTP, denied unless the operator grants destinations.
 //! - [`variables`]: configuration values and secrets the operator gives a plugin
 //!   (`wasi:config/store`).
@@ -32,6 +33,7 @@ pub mod manifest;
 pub mod nn_host;
 pub mod outbound;
 pub mod plugin;
+pub mod pool;
 pub mod private_dir;
 pub mod state;
 pub mod variables;
@@ -40,6 +42,8 @@ pub use engine::{Runtime, RuntimeOptions};
 pub use limits::Limits;
 pub use manifest::{Manifest, Route};
 pub use nn_host::ModelTable;
-pub use plugin::{InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec};
+pub use plugin::{
+    Inspection, InvokeError, Plugin, PluginBody, PluginRequest, PluginResponse, PluginSpec,
+};
 pub use state::{BudgetRefused, RequestContext, TokenBudget, Usage, UsageSink};
 pub use variables::Variables;

@@ -1,18 +1,20 @@
 //! Per-plugin limits, and the one place they are applied to a store.
 //!
 //! Memory is capped by a [`ResourceLimiter`] that also remembers whether the cap was hit, so a
-//! trap that follows can be reported as `plugin_out_of_memory`. CPU time is counted in epoch
-//! ticks *while guest code runs* (the callback fires only when the guest observes a new epoch);
-//! time spent in host calls such as inference does not count. Each tick also yields to the async
-//! executor, so a looping plugin cannot monopolise a runtime thread. Wall-clock time, concurrency
+//! trap that follows can be reported as `plugin_out_of_memory`. CPU time is the time spent in
+//! guest code, measured at every crossing between guest and host (wasmtime's call hook): time
+//! in host calls (an inference, waiting for a token, `wasi:io/poll`, a yield) does not count,
+//! guest code the host calls back into (`cabi_realloc` while a host call returns its results)
+//! does. The epoch ticker is only where it is checked: each tick the guest observes runs the
+//! check and yields to the async executor, so a looping plugin cannot monopolise a runtime
+//! thread. Wall-clock time, concurrency
 //! and body sizes are enforced by [`crate::plugin`] around the call.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use wasmtime::{CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
-use crate::engine::EPOCH_TICK;
 use crate::state::{HostAbort, PluginState};
 
 /// Limits for one plugin; every field has a safe default.
@@ -57,8 +59,8 @@ impl Limits {
         Duration::from_millis(self.wall_ms)
     }
 
-    fn cpu_ticks(&self) -> u64 {
-        (self.cpu_ms / EPOCH_TICK.as_millis() as u64).max(1)
+    pub fn cpu_time(&self) -> Duration {
+        Duration::from_millis(self.cpu_ms)
     }
 
     /// Checks the values make sense; errors name the field.
@@ -156,23 +158,44 @@ impl ResourceLimiter for Limiter {
 /// Applies every per-store limit. The only place limits touch a store.
 pub fn configure_store(store: &mut Store<PluginState>, limits: &Limits) {
     store.limiter(|state| &mut state.limiter);
-    let budget = limits.cpu_ticks();
+    let budget = limits.cpu_time();
     store.set_epoch_deadline(1);
-    // Time in the host (an inference, a token, `wasi:io/poll`, a sleep) is not the guest's CPU
-    // time: each return to the guest starts a fresh tick, so a deadline that passed while the
-    // guest waited is not charged to it.
     store.call_hook(|mut ctx, hook| {
-        if matches!(hook, CallHook::ReturningFromHost) {
-            ctx.set_epoch_deadline(1);
-        }
+        ctx.data_mut().cpu.cross(hook);
         Ok(())
     });
-    store.epoch_deadline_callback(move |mut ctx| {
-        let state = ctx.data_mut();
-        state.cpu_ticks += 1;
-        if state.cpu_ticks > budget {
+    store.epoch_deadline_callback(move |ctx| {
+        // The callback runs in a host call (`CallingHost` has just closed the guest's stint).
+        if ctx.data().cpu.used > budget {
             return Err(wasmtime::Error::new(HostAbort::CpuTimeExceeded));
         }
         Ok(UpdateDeadline::Yield(1))
     });
+}
+
+/// The guest's CPU time in one request: the sum of its stints in guest code.
+#[derive(Debug, Default)]
+pub struct CpuClock {
+    /// Guest time so far.
+    pub used: Duration,
+    /// When the guest's current stint began, while guest code runs.
+    since: Option<Instant>,
+}
+
+impl CpuClock {
+    /// Accounts one crossing between host and guest.
+    fn cross(&mut self, hook: CallHook) {
+        match hook {
+            // Into guest code: an export called, a host call returned, or the host calling back
+            // into the guest (its allocator, for a host call's results).
+            CallHook::CallingWasm | CallHook::ReturningFromHost => {
+                self.since.get_or_insert_with(Instant::now);
+            }
+            CallHook::CallingHost | CallHook::ReturningFromWasm => {
+                if let Some(since) = self.since.take() {
+                    self.used += since.elapsed();
+                }
+            }
+        }
+    }
 }

@@ -54,7 +54,7 @@ pub struct LlmState {
 }
 
 impl LlmState {
-    fn open_count(&mut self) -> usize {
+    pub(crate) fn open_count(&mut self) -> usize {
         self.open.retain(|g| g.strong_count() > 0);
         self.open.len()
     }

@@ -2,7 +2,8 @@
 //!
 //! Loading compiles the component (or takes it from the cache) off the async runtime, links it
 //! into an `InstancePre`, reads and validates its manifest in a throw-away store, and checks the
-//! operator granted every model it wants. A call gets a fresh store with the plugin's limits,
+//! operator granted every model it wants. A call gets a fresh store with the plugin's limits (or,
+//! for a plugin with `reuse`, a warm one of the same tenant: [`crate::pool`]),
 //! hands the request to `wasi:http/incoming-handler`, and collects the response within the
 //! plugin's wall-clock and size limits. The guest runs in the caller's task, beside the
 //! collection of its response; only a streaming route's guest gets a task of its own. Every way a plugin can fail maps to one [`InvokeError`].
@@ -31,6 +32,7 @@ use crate::engine::{CacheOutcome, Runtime};
 use crate::limits::{Limits, configure_store};
 use crate::manifest::Manifest;
 use crate::nn_host::{ModelTable, NnState};
+use crate::pool::{Pool, Warm};
 use crate::state::{HostAbort, PluginState, RequestContext, TokenBudget, Usage, UsageSink};
 
 /// What the operator declared about one plugin.
@@ -45,6 +47,9 @@ pub struct PluginSpec {
     pub allowed_outbound_hosts: Vec<String>,
     /// Values it reads through `wasi:config/store` (settings and secrets).
     pub variables: crate::variables::Variables,
+    /// Requests one instance may serve (of one tenant, one after another); 1: a fresh instance
+    /// for every request.
+    pub reuse: u32,
 }
 
 /// A plugin ready to serve: immutable, shared by all its requests.
@@ -61,6 +66,8 @@ pub struct Plugin {
     permits: Arc<Semaphore>,
     outbound: Option<Arc<crate::outbound::OutboundPolicy>>,
     variables: crate::variables::Variables,
+    /// Warm instances, when the plugin opted in.
+    pool: Option<Pool>,
 }
 
 /// One request, as the plugin will see it.
@@ -95,10 +102,16 @@ pub enum PluginBody {
 }
 
 /// A response body passed through while the plugin writes it, still bounded by the plugin's
-/// wall-clock deadline and response size limit; dropping it stops the plugin.
+/// wall-clock deadline and response size limit; dropping it stops the plugin. A body that ends
+/// because its plugin failed (a trap, the CPU or memory limit) ends in that error, not as if
+/// the plugin had finished it.
 pub struct StreamedBody {
     inner: HyperOutgoingBody,
-    _task: AbortOnDrop,
+    task: AbortOnDrop,
+    /// The guest's outcome was read (after the body's end): nothing follows.
+    ended: bool,
+    plugin: Arc<str>,
+    memory_bytes: usize,
     sent: usize,
     limit: usize,
     wall: Duration,
@@ -114,6 +127,9 @@ impl http_body::Body for StreamedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, InvokeError>>> {
         let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
         if this.deadline.as_mut().poll(cx).is_ready() {
             return Poll::Ready(Some(Err(InvokeError::WallTimeout(this.wall))));
         }
@@ -128,7 +144,23 @@ impl http_body::Body for StreamedBody {
             Poll::Ready(Some(Err(e))) => {
                 Poll::Ready(Some(Err(InvokeError::PluginError(format!("{e:?}")))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            // The body also ends when a failing guest's store drops it: its outcome says which.
+            Poll::Ready(None) => {
+                let Poll::Ready(joined) = Pin::new(&mut this.task.0).poll(cx) else {
+                    return Poll::Pending;
+                };
+                this.ended = true;
+                let outcome = joined.unwrap_or_else(|e| Outcome::failed(&format!("{e}")));
+                match outcome.result {
+                    Ok(()) => Poll::Ready(None),
+                    Err(e) => Poll::Ready(Some(Err(classify(
+                        &this.plugin,
+                        this.memory_bytes,
+                        e,
+                        outcome.memory_exceeded,
+                    )))),
+                }
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -174,12 +206,7 @@ impl Runtime {
         let wasm = spec.wasm.clone();
         let (component, cache) =
             tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
-            anyhow::anyhow!("the component does not fit the infergate world: {e:#}")
-        })?;
-        let pre = PluginPre::new(pre).map_err(|e| {
-            anyhow::anyhow!("the component does not export the plugin world: {e:#}")
-        })?;
+        let pre = self.link(&component)?;
 
         for name in &spec.models {
             if models.get(name).is_none() {
@@ -200,6 +227,7 @@ impl Runtime {
             crate::outbound::OutboundPolicy::new(&spec.allowed_outbound_hosts, &spec.limits)
                 .map_err(anyhow::Error::msg)?;
         Ok(Plugin {
+            pool: Pool::new(spec.reuse, spec.limits.max_concurrency),
             name: manifest.name.as_str().into(),
             permits: Arc::new(Semaphore::new(spec.limits.max_concurrency)),
             outbound,
@@ -212,6 +240,71 @@ impl Runtime {
             nn,
         })
     }
+}
+
+impl Runtime {
+    /// Links a compiled component against the host's interfaces, ready to instantiate.
+    fn link(
+        &self,
+        component: &wasmtime::component::Component,
+    ) -> anyhow::Result<PluginPre<PluginState>> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            anyhow::anyhow!("the component does not fit the infergate world: {e:#}")
+        })?;
+        PluginPre::new(pre)
+            .map_err(|e| anyhow::anyhow!("the component does not export the plugin world: {e:#}"))
+    }
+
+    /// What `infergate check` reports: the component compiled (never from the cache), linked,
+    /// its manifest read and validated, and instantiated `runs` times in the real sandbox with
+    /// `limits`. Models it names are not opened (nothing is granted here).
+    pub async fn inspect(
+        self: &Arc<Self>,
+        wasm: Arc<[u8]>,
+        limits: &Limits,
+        runs: usize,
+    ) -> anyhow::Result<Inspection> {
+        limits.validate().map_err(anyhow::Error::msg)?;
+        let runtime = self.clone();
+        let bytes = wasm.clone();
+        let started = Instant::now();
+        let component =
+            tokio::task::spawn_blocking(move || runtime.compile_fresh(&bytes)).await??;
+        let compile = started.elapsed();
+        let pre = self.link(&component)?;
+        let nn = NnState::new(std::iter::empty(), ModelTable::default());
+        let manifest = read_manifest(&pre, limits, nn.clone()).await?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let state = PluginState::new("(check)".into(), limits, nn.clone(), Arc::default());
+            let mut store = Store::new(pre.engine(), state);
+            configure_store(&mut store, limits);
+            let started = Instant::now();
+            pre.instantiate_async(&mut store)
+                .await
+                .map_err(|e| anyhow::anyhow!("instantiating failed: {e:#}"))?;
+            times.push(started.elapsed());
+        }
+        times.sort();
+        Ok(Inspection {
+            manifest,
+            size: wasm.len(),
+            compile,
+            instantiate: times[times.len() / 2],
+        })
+    }
+}
+
+/// A component as `infergate check` sees it.
+#[derive(Debug)]
+pub struct Inspection {
+    pub manifest: Manifest,
+    /// Bytes of the component.
+    pub size: usize,
+    /// Compiling it with Cranelift, on this machine.
+    pub compile: Duration,
+    /// One fresh instance (median): what a request pays before the plugin runs, without `reuse`.
+    pub instantiate: Duration,
 }
 
 async fn read_manifest(
@@ -246,6 +339,8 @@ struct Outcome {
     result: wasmtime::Result<()>,
     usage: Usage,
     memory_exceeded: bool,
+    /// The instance, when it may serve again (see [`Plugin::finish`]).
+    kept: Option<Warm>,
 }
 
 impl Outcome {
@@ -255,6 +350,7 @@ impl Outcome {
             result: Err(wasmtime::Error::msg(why.to_string())),
             usage: Usage::default(),
             memory_exceeded: false,
+            kept: None,
         }
     }
 }
@@ -281,18 +377,23 @@ impl Plugin {
             .await
             .map_err(|_| InvokeError::NoResponse)?;
         let started = Instant::now();
-        let mut state = PluginState::new(
-            self.name.clone(),
-            &self.limits,
-            self.nn.clone(),
-            Arc::new(request.context),
-        );
-        state.usage_sink = request.usage_sink;
-        state.budget = request.budget;
-        state.http_hooks = crate::outbound::Outbound(self.outbound.clone());
-        state.variables = self.variables.clone();
-        let mut store = Store::new(self.pre.engine(), state);
-        configure_store(&mut store, &self.limits);
+        let context = Arc::new(request.context);
+        let tenant: Arc<str> = context.tenant.as_str().into();
+        let warm = self.pool.as_ref().and_then(|pool| pool.take(&tenant));
+        let (mut store, instance) = match warm {
+            Some(Warm {
+                mut store,
+                instance,
+                served,
+            }) => {
+                store.set_epoch_deadline(1);
+                (store, Some((instance, served)))
+            }
+            None => (self.new_store(context.clone()), None),
+        };
+        store
+            .data_mut()
+            .begin(context, request.usage_sink, request.budget);
 
         let mut builder = http::Request::builder()
             .method(request.method)
@@ -317,11 +418,16 @@ impl Plugin {
             .new_response_outparam(sender)
             .map_err(setup)?;
 
-        let guest = run_guest(self.pre.clone(), store, req, out);
         let limit = self.limits.max_response_bytes;
         if !streaming {
-            return self.call_inline(guest, receiver, limit, started).await;
+            // The instance may serve again if the plugin opted in.
+            let keep = self.pool.is_some();
+            let guest = run_guest(self.pre.clone(), store, instance, keep, req, out);
+            return self
+                .call_inline(guest, receiver, limit, started, tenant)
+                .await;
         }
+        let guest = run_guest(self.pre.clone(), store, instance, false, req, out);
 
         // A streaming route: the guest runs in a task of its own, since it goes on writing the
         // body after this call has returned the response head.
@@ -343,7 +449,10 @@ impl Plugin {
                 headers: parts.headers,
                 body: PluginBody::Stream(StreamedBody {
                     inner: body,
-                    _task: task,
+                    task,
+                    ended: false,
+                    plugin: self.name.clone(),
+                    memory_bytes: self.limits.memory_bytes,
                     sent: 0,
                     limit,
                     wall: self.limits.wall_time(),
@@ -370,6 +479,7 @@ impl Plugin {
         >,
         limit: usize,
         started: Instant,
+        tenant: Arc<str>,
     ) -> Result<PluginResponse, InvokeError> {
         let mut guest = pin!(guest);
         let mut answer = pin!(async {
@@ -406,9 +516,36 @@ impl Plugin {
         })
         .await;
         match (outcome, answered) {
-            (Some(outcome), Some(answer)) => self.finish(outcome, answer, started),
+            (Some(mut outcome), Some(answer)) => {
+                let kept = outcome.kept.take();
+                let response = self.finish(outcome, answer, started);
+                if let (Some(pool), Some(mut warm), Ok(response)) = (&self.pool, kept, &response) {
+                    // Only a clean answer keeps the instance: an error status may mean the
+                    // guest's state is not what it expects.
+                    if response.status.as_u16() < 400 && warm.store.data_mut().settled() {
+                        warm.store.data_mut().settle();
+                        pool.put(tenant, warm);
+                    }
+                }
+                response
+            }
             _ => Err(InvokeError::ResponseTooLarge(limit)),
         }
+    }
+
+    /// A store for a fresh instance, with the plugin's limits.
+    fn new_store(&self, context: Arc<RequestContext>) -> Store<PluginState> {
+        let mut state = PluginState::new(self.name.clone(), &self.limits, self.nn.clone(), context);
+        state.http_hooks = crate::outbound::Outbound(self.outbound.clone());
+        state.variables = self.variables.clone();
+        let mut store = Store::new(self.pre.engine(), state);
+        configure_store(&mut store, &self.limits);
+        store
+    }
+
+    /// Warm instances waiting for a request now (0 for a plugin without `reuse`).
+    pub fn idle_instances(&self) -> usize {
+        self.pool.as_ref().map_or(0, Pool::idle)
     }
 
     /// The result of a call whose guest has ended.
@@ -445,33 +582,43 @@ impl Plugin {
     }
 
     fn classify(&self, error: wasmtime::Error, memory_exceeded: bool) -> InvokeError {
-        if let Some(abort) = error.downcast_ref::<HostAbort>() {
-            return match abort {
-                HostAbort::CpuTimeExceeded => InvokeError::CpuTimeout,
-                HostAbort::Model(e) => InvokeError::Model(e.clone()),
-                HostAbort::QuotaExceeded {
-                    message,
-                    retry_after,
-                } => InvokeError::QuotaExceeded {
-                    message: message.clone(),
-                    retry_after: *retry_after,
-                },
-            };
-        }
-        if memory_exceeded {
-            return InvokeError::OutOfMemory(self.limits.memory_bytes);
-        }
-        let message = match error.downcast_ref::<wasmtime::Trap>() {
-            Some(trap) => trap.to_string(),
-            None => format!("{error:#}")
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        };
-        tracing::warn!(plugin = %self.name, "plugin trapped: {error:?}");
-        InvokeError::Trap(message)
+        classify(&self.name, self.limits.memory_bytes, error, memory_exceeded)
     }
+}
+
+/// What a guest's failure means: a limit hit, a model's refusal, or a trap.
+fn classify(
+    plugin: &str,
+    memory_bytes: usize,
+    error: wasmtime::Error,
+    memory_exceeded: bool,
+) -> InvokeError {
+    if let Some(abort) = error.downcast_ref::<HostAbort>() {
+        return match abort {
+            HostAbort::CpuTimeExceeded => InvokeError::CpuTimeout,
+            HostAbort::Model(e) => InvokeError::Model(e.clone()),
+            HostAbort::QuotaExceeded {
+                message,
+                retry_after,
+            } => InvokeError::QuotaExceeded {
+                message: message.clone(),
+                retry_after: *retry_after,
+            },
+        };
+    }
+    if memory_exceeded {
+        return InvokeError::OutOfMemory(memory_bytes);
+    }
+    let message = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}")
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    tracing::warn!(plugin = %plugin, "plugin trapped: {error:?}");
+    InvokeError::Trap(message)
 }
 
 /// The guest's task; aborted (and its store dropped) if the call is abandoned.
@@ -492,26 +639,46 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Instantiates the plugin in `store` and runs its `handle` to the end.
+/// Runs `handle` to the end, in a warm `instance` or a fresh one instantiated in `store`. With
+/// `keep`, an instance whose call succeeded comes back in the outcome (still to be settled);
+/// otherwise the store is dropped here, which settles the request's usage.
 async fn run_guest(
     pre: PluginPre<PluginState>,
     mut store: Store<PluginState>,
+    instance: Option<(PluginWorld, u32)>,
+    keep: bool,
     request: Resource<HostIncomingRequest>,
     out: Resource<HostResponseOutparam>,
 ) -> Outcome {
+    let mut used = None;
     let result = async {
-        let instance: PluginWorld = pre.instantiate_async(&mut store).await?;
-        instance
+        let (instance, served) = match instance {
+            Some(warm) => warm,
+            None => (pre.instantiate_async(&mut store).await?, 0),
+        };
+        let result = instance
             .wasi_http_incoming_handler()
             .call_handle(&mut store, request, out)
-            .await
+            .await;
+        used = Some((instance, served + 1));
+        result
     }
     .await;
-    let state = store.into_data();
+    let usage = store.data().total_usage();
+    let memory_exceeded = store.data().limiter.memory_exceeded;
+    let kept = match used {
+        Some((instance, served)) if keep && result.is_ok() && !memory_exceeded => Some(Warm {
+            store,
+            instance,
+            served,
+        }),
+        _ => None,
+    };
     Outcome {
         result,
-        usage: state.total_usage(),
-        memory_exceeded: state.limiter.memory_exceeded,
+        usage,
+        memory_exceeded,
+        kept,
     }
 }
 

@@ -1,4 +1,6 @@
-//! What each store holds: one [`PluginState`] per request, dropped with the store.
+//! What each store holds: one [`PluginState`] per instance. An instance serves one request, or
+//! (a plugin with `reuse`, see [`crate::pool`]) several of one tenant in turn: the per-request
+//! fields are set by [`PluginState::begin`] and settled by [`PluginState::settle`].
 
 use std::sync::Arc;
 
@@ -86,8 +88,8 @@ pub struct PluginState {
     pub table: ResourceTable,
     /// Memory/table/instance caps, applied by [`crate::limits::configure_store`].
     pub limiter: Limiter,
-    /// Epoch ticks of guest execution so far, checked against the CPU budget.
-    pub cpu_ticks: u64,
+    /// Time spent in guest code in this request, checked against the CPU budget.
+    pub cpu: crate::limits::CpuClock,
     /// Models granted to this plugin, and its open graphs.
     pub nn: NnState,
     /// The request being served, for `infergate:plugin/host.context`.
@@ -127,7 +129,7 @@ impl PluginState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             limiter: Limiter::new(limits),
-            cpu_ticks: 0,
+            cpu: Default::default(),
             nn,
             caller: infergate_nn::Caller {
                 tenant: Arc::from(request.tenant.as_str()),
@@ -165,6 +167,41 @@ impl WasiHttpView for PluginState {
 }
 
 impl PluginState {
+    /// Sets the fields of the request this instance serves next (an instance taken from the
+    /// pool served another request of the same tenant before).
+    pub fn begin(
+        &mut self,
+        request: Arc<RequestContext>,
+        usage_sink: Option<UsageSink>,
+        budget: Option<Arc<dyn TokenBudget>>,
+    ) {
+        self.caller = infergate_nn::Caller {
+            tenant: Arc::from(request.tenant.as_str()),
+            weight: request.priority.max(1),
+        };
+        self.request = request;
+        self.usage_sink = usage_sink;
+        self.budget = budget;
+        self.usage = Usage::default();
+        self.llm = Default::default();
+        self.cpu = Default::default();
+    }
+
+    /// Whether nothing of the request just served outlives it: no generation is still open
+    /// (a guest that kept one in a global would carry it into the next request).
+    pub fn settled(&mut self) -> bool {
+        self.llm.open_count() == 0
+    }
+
+    /// Ends the request in an instance that stays warm: its usage goes to the sink now, as a
+    /// dropped store's would.
+    pub fn settle(&mut self) {
+        if let Some(sink) = self.usage_sink.take() {
+            sink(self.total_usage());
+        }
+        self.budget = None;
+    }
+
     /// What the plugin reported plus the tokens of its generations, counted by the host.
     pub fn total_usage(&self) -> Usage {
         let mut usage = self.usage;

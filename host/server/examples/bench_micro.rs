@@ -1,7 +1,8 @@
 //! Per-request micro figures for the benchmark (bench/run.sh), measured in-process (no HTTP):
 //! - a fresh instance of the no-op plugin (`plugins/fixtures/noop`) plus its call, through the
 //!   runtime's public API (`Runtime::load_plugin`, `Plugin::handle`): one after the other, and
-//!   from 16 concurrent tasks (the benchmark's connections);
+//!   from 16 concurrent tasks (the benchmark's connections); and a warm instance's call
+//!   (`reuse`);
 //! - the auth check of a config API key (`Auth::authenticate_credential`) and the limit check of
 //!   the benchmark's rule (`Quotas::admit`, one per-key rate in memory), what every request pays
 //!   before its plugin runs. `auth_bench` and `limits_bench` break these down further.
@@ -98,13 +99,31 @@ async fn main() -> anyhow::Result<()> {
         models: vec![],
         allowed_outbound_hosts: vec![],
         variables: Default::default(),
+        reuse: 1,
     };
+    let warm = Arc::new(
+        runtime
+            .load_plugin(
+                PluginSpec {
+                    reuse: 1000,
+                    ..spec.clone()
+                },
+                &ModelTable::default(),
+            )
+            .await?,
+    );
     let plugin = Arc::new(runtime.load_plugin(spec, &ModelTable::default()).await?);
     let plugin_ref = &*plugin;
     print(
         "noop_call",
         time(20_000, || call(plugin_ref)).await,
         "instantiate + call of the no-op plugin, one at a time",
+    );
+    let warm_ref = &*warm;
+    print(
+        "noop_call_warm",
+        time(20_000, || call(warm_ref)).await,
+        "the same with `reuse = 1000`: a warm instance's call",
     );
     // 16 tasks at once: the time per call is the wall time over all calls (throughput).
     let (tasks, per_task) = (16, 2_000);

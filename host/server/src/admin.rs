@@ -160,6 +160,8 @@ struct DeployQuery {
     max_concurrency: Option<usize>,
     max_request_bytes: Option<usize>,
     max_response_bytes: Option<usize>,
+    /// Requests one warm instance may serve (the caller's tenant only).
+    reuse: Option<u32>,
 }
 
 impl DeployQuery {
@@ -191,6 +193,7 @@ impl DeployQuery {
             allowed_outbound_hosts: Vec::new(),
             config: Default::default(),
             secrets: Default::default(),
+            reuse: self.reuse,
         }
     }
 }

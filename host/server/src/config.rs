@@ -96,6 +96,8 @@ pub struct PluginConfig {
     /// Secrets the plugin reads through `wasi:config/store`: key = environment variable.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Requests one warm instance may serve (one tenant's, in turn); default 1: fresh each time.
+    pub reuse: Option<u32>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -254,6 +256,7 @@ impl PluginConfig {
             allowed_outbound_hosts: self.allowed_outbound_hosts.clone(),
             config: self.config.clone(),
             secrets: self.secrets.clone(),
+            reuse: self.reuse,
         }
     }
 }

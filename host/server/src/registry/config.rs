@@ -101,6 +101,10 @@ pub struct PluginSettings {
     /// secret is never written in a config file and never logged.
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Requests one instance may serve, one after another and only for one tenant (warm
+    /// instances, for plugins that keep no per-request state); default 1: a fresh instance per
+    /// request. See `infergate_runtime::pool`.
+    pub reuse: Option<u32>,
 }
 
 impl PluginSettings {
@@ -113,6 +117,7 @@ impl PluginSettings {
             );
         }
         self.limits.validate().map_err(anyhow::Error::msg)?;
+        anyhow::ensure!(self.reuse != Some(0), "reuse must be at least 1");
         for key in self.config.keys().chain(self.secrets.keys()) {
             anyhow::ensure!(
                 !key.is_empty()

@@ -575,6 +575,7 @@ async fn prepare(
         limits: settings.limits.clone(),
         models: settings.models.clone(),
         allowed_outbound_hosts: settings.allowed_outbound_hosts.clone(),
+        reuse: settings.reuse.unwrap_or(1),
         variables: settings
             .variables()
             .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?,
