@@ -3,7 +3,8 @@
 #                as shipped: the `dist` profile (release plus link-time optimisation)
 #   make test    run every test
 # Both install what they need first (wasm target, cmake and libclang for llama.cpp, Python model
-# tooling, the embedding and chat models; for the tests, Chromium).
+# tooling, the embedding and chat models; for the tests, Chromium, componentize-py and the
+# JavaScript SDK's npm packages).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
 #      make pgo     the build for deployment and for the benchmark: `dist` plus profile-guided
 #                   optimisation (bench/pgo.sh; needs wrk), at target/pgo/infergate
@@ -24,6 +25,8 @@ test: setup test-tools
 	cargo test --release --workspace
 	cargo test --release --manifest-path plugins/Cargo.toml --workspace \
 		--target $(HOST_TARGET) --target-dir target/wasm
+	$(PYTHON) -m pytest -q plugins/sdk-python/tests
+	node --test plugins/sdk-js/test/
 
 # llama.cpp (the language-model backend) is built from source by the llama-cpp-sys-2 crate: it
 # needs cmake and libclang. Installed from the distribution when missing.
@@ -35,10 +38,14 @@ setup: models
 	rustup target add wasm32-wasip2
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt -r tests/requirements.txt
 
-# What only the tests use: a headless browser (the CORS test runs a page in Chromium).
+# What only the tests use: a headless browser (the CORS test runs a page in Chromium), and the
+# JavaScript SDK's build tools (componentize-js, from npm, pinned by its package-lock.json).
 test-tools:
 	@command -v chromium >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v npm >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
+	npm ci --prefix plugins/sdk-js --no-audit --no-fund --loglevel=error
 
 models:
 	models/fetch.sh

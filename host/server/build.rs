@@ -7,8 +7,11 @@ use std::process::Command;
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let root = manifest_dir.join("../..").canonicalize().unwrap();
-    for dir in ["plugins", "wit", "examples"] {
-        println!("cargo:rerun-if-changed={}", root.join(dir).display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    // The Rust parts only: the Python and JavaScript SDKs and plugins beside them (and their
+    // node_modules) are built by the tests that use them.
+    for dir in ["plugins", "examples"] {
+        watch_rust(&root.join(dir));
     }
     let target_dir = root.join("target/wasm");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
@@ -42,4 +45,33 @@ fn main() {
     let out = target_dir.join("wasm32-wasip2/release");
     println!("cargo:rustc-env=INFERGATE_WASM_DIR={}", out.display());
     println!("cargo:rustc-env=INFERGATE_SOURCE_ROOT={}", root.display());
+    // For tests that build a plugin's unit tests natively.
+    println!(
+        "cargo:rustc-env=INFERGATE_HOST_TARGET={}",
+        std::env::var("TARGET").unwrap()
+    );
+}
+
+/// Reruns this script when a Rust crate under `dir` changes: each `Cargo.toml`, `Cargo.lock`,
+/// `src/` directory and loose `.rs` file (shared sources), found recursively.
+fn watch_rust(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name();
+        if path.is_dir() {
+            if name == "src" {
+                println!("cargo:rerun-if-changed={}", path.display());
+            } else if name != "node_modules" && name != "target" {
+                watch_rust(&path);
+            }
+        } else if name == "Cargo.toml"
+            || name == "Cargo.lock"
+            || path.extension().is_some_and(|e| e == "rs")
+        {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
+    }
 }

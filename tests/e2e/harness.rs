@@ -121,6 +121,11 @@ impl Host {
         format!("{}{path}", self.base)
     }
 
+    /// For a host kept in a static, which is never dropped: it dies with the test process.
+    pub fn die_with_tests(&self) {
+        kill_with_parent(self.child.lock().unwrap().id());
+    }
+
     /// True while the host process runs.
     pub fn alive(&self) -> bool {
         self.child
@@ -178,8 +183,7 @@ pub fn shared() -> &'static Host {
     static HOST: OnceLock<Host> = OnceLock::new();
     HOST.get_or_init(|| {
         let host = Host::start(&standard_config(""));
-        // A static is never dropped: make sure the child dies with the test process.
-        kill_with_parent(host.child.lock().unwrap().id());
+        host.die_with_tests();
         host
     })
 }
