@@ -24,12 +24,15 @@
 //!   the concerns' own config types.
 //!
 //! The sandbox itself lives in `infergate-runtime`; models and their backends in `infergate-nn`.
+//! - [`dev`]: the plugin author's commands (`new`, `check`, `deploy`), beside the server.
+//!
 //! [`run`] is the entry point: the binary only parses arguments.
 
 pub mod admin;
 pub mod auth;
 pub mod builtin;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod http;
 pub mod mcp;

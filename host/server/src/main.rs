@@ -37,6 +37,51 @@ enum Command {
         #[arg(long, short)]
         listen: Option<SocketAddr>,
     },
+    /// Create a plugin project (Rust, Python or JavaScript) that builds, with a test.
+    New {
+        /// The plugin's name (its routes are served under `/NAME`).
+        name: String,
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: infergate::dev::new::Lang,
+        /// Where to create it (default: `./NAME`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Load a plugin in the real sandbox and report its routes, models, size and timings.
+    Check {
+        /// The `.wasm` component.
+        wasm: PathBuf,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Upload a plugin to a running host (admin API, or a tenant's own with `--tenant`).
+    Deploy {
+        /// The `.wasm` component.
+        wasm: PathBuf,
+        /// The host's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        to: String,
+        /// The name to deploy it as (default: the file's stem).
+        #[arg(long)]
+        name: Option<String>,
+        /// Deploy as a tenant through `/tenant/plugins` (key: INFERGATE_API_KEY).
+        #[arg(long)]
+        tenant: bool,
+        /// The admin key (default INFERGATE_ADMIN_KEY), or with `--tenant` the tenant's API key
+        /// (default INFERGATE_API_KEY).
+        #[arg(long)]
+        key: Option<String>,
+        /// Comma-separated models to grant.
+        #[arg(long, value_delimiter = ',')]
+        models: Vec<String>,
+        /// Requests one warm instance may serve (one tenant's, in turn).
+        #[arg(long)]
+        reuse: Option<u32>,
+        /// Path prefix to mount it under (admin deploys only).
+        #[arg(long)]
+        mount: Option<String>,
+    },
     /// Manage API keys in the auth database of a local install.
     Keys {
         /// The config file whose `[auth] database` to use (default: the embedded default's).
@@ -107,6 +152,53 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let done = match cli.command {
         Command::Serve { config, listen } => serve(config, listen).await,
+        Command::New { name, lang, dir } => {
+            let dir = infergate::dev::new::scaffold(&name, lang, dir, &infergate::home())?;
+            print!("{}", infergate::dev::new::next_steps(&name, lang, &dir));
+            Ok(())
+        }
+        Command::Check { wasm, json } => {
+            let inspection = infergate::dev::check::check(&wasm).await?;
+            if json {
+                let report = infergate::dev::check::to_json(&wasm, &inspection);
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", infergate::dev::check::render(&wasm, &inspection));
+            }
+            Ok(())
+        }
+        Command::Deploy {
+            wasm,
+            to,
+            name,
+            tenant,
+            key,
+            models,
+            reuse,
+            mount,
+        } => {
+            let var = if tenant {
+                "INFERGATE_API_KEY"
+            } else {
+                "INFERGATE_ADMIN_KEY"
+            };
+            let key = key
+                .or_else(|| env_secret(var))
+                .with_context(|| format!("give --key or set {var}"))?;
+            let answer = infergate::dev::deploy::deploy(&infergate::dev::deploy::Deploy {
+                wasm,
+                to,
+                name,
+                key,
+                tenant,
+                models,
+                reuse,
+                mount,
+            })
+            .await?;
+            println!("{}", serde_json::to_string_pretty(&answer)?);
+            Ok(())
+        }
         Command::Keys { config, command } => keys(config, command).await,
         Command::Tenants { config, command } => tenants(config, command).await,
     };

@@ -39,6 +39,22 @@ impl Ctx {
         }
     }
 
+    /// A context for unit tests of handlers, outside the host: tenant `tenant`, every scope
+    /// (`*`), no key, no claims, a `POST /` request. The host services (`log`,
+    /// `report_usage`) need the host: call them only from code the test does not reach.
+    pub fn for_tests(tenant: &str) -> Self {
+        let host = RequestContext {
+            request_id: "test".into(),
+            tenant: tenant.into(),
+            key_id: None,
+            scopes: vec!["*".into()],
+            claims: Vec::new(),
+            route: "/".into(),
+            params: Vec::new(),
+        };
+        Self::new(host, "POST".into(), "/".into(), None, Vec::new())
+    }
+
     /// The id the host gave this request (also in `x-request-id` and error bodies).
     pub fn request_id(&self) -> &str {
         &self.host.request_id
