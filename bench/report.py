@@ -19,8 +19,14 @@ from pathlib import Path
 
 # The infergate system and its peer in each scenario (a trailing "1": one connection).
 PEERS = {"noop": "wasmtime-serve", "digits": "fastapi", "embed": "fastapi", "gen": "llama-cpp-python"}
+# The greeting in each plugin language, with a fresh instance per request or warm ones (`reuse`),
+# against the same handler in FastAPI.
+HELLOS = ["hello-rs", "hello-py", "hello-js"]
+for _h in HELLOS:
+    PEERS[_h] = PEERS[f"{_h}-warm"] = "fastapi"
 # The targets: (minimum throughput ratio infergate/peer, p99 must be lower).
-TARGETS = {"noop": (0.8, False), "digits": (5.0, True), "embed": (1.2, True)}
+TARGETS = {"noop": (0.8, False), "digits": (5.0, True), "embed": (1.2, True),
+           "hello-py-warm": (1.0, False)}
 # The sentence of bench/requests/embed.json is 19 tokens ([CLS] ... [SEP]); floor.rs uses them.
 EMBED_TOKENS = 19
 # gen: (figure, label, target as (kind, value)): "min" ratio infergate/peer at least value,
@@ -119,6 +125,12 @@ def agree(scenario, *paths):
         return
     parsed = {p: json.loads(b) for p, b in answers.items()}
     (first, a), *others = parsed.items()
+    if base in PEERS and base.startswith("hello"):
+        for path, b in others:
+            if a != b:
+                fail(f"{base} disagrees: {first} says {a}, {path} says {b}")
+        print(f"agree {scenario}: every system says {a['message']!r}")
+        return
     if base == "digits":
         for path, b in others:
             if a["digit"] != b["digit"]:
@@ -301,6 +313,17 @@ def table(out_dir):
                 ok = thr >= minimum and (p99 < 1 or not lower_p99)
                 met = "yes" if ok else "**no**"
             md.append(f"| {s} | {peer} | {thr:.2f}x | {p50:.2f}x | {p99:.2f}x | {mem} | {target} | {met} |")
+
+        warm = [(h, med.get((h, "infergate")), med.get((f"{h}-warm", "infergate"))) for h in HELLOS]
+        warm = [(h, a, b) for h, a, b in warm if a and b]
+        if warm:
+            md.append("\n**Warm instances** (`reuse = 1000`) against a fresh instance per request, "
+                      "infergate alone (target for Python: ≥5x throughput)\n")
+            md.append("| plugin | fresh req/s | warm req/s | throughput | p99 fresh ms | p99 warm ms |")
+            md.append("|---|---:|---:|---:|---:|---:|")
+            for h, a, b in warm:
+                md.append(f"| {h} | {num(a['rps'])} | {num(b['rps'])} | {b['rps'] / a['rps']:.2f}x | "
+                          f"{a['p99_us'] / 1000:.3f} | {b['p99_us'] / 1000:.3f} |")
 
     gen_table(out, rss, md)
 

@@ -12,6 +12,9 @@
 #   digits  POST /digits/classify bench/requests/digits.json: infergate vs FastAPI
 #   embed   POST /embed/embeddings bench/requests/embed.json: infergate vs FastAPI, both on
 #           ONNX Runtime with the same model file
+#   hello-rs, hello-py, hello-js   POST /NAME/greet bench/requests/hello.json: the greeting of
+#           examples/hello in Rust, Python and JavaScript, a fresh instance per request, vs the
+#           same handler in FastAPI; NAME-warm: the same plugin with warm instances (reuse = 1000)
 #   gen     POST /v1/chat/completions, streamed (SSE), driven by bench/gen.py instead of wrk:
 #           infergate's `openai` plugin vs llama-cpp-python's server (bench/requirements-gen.txt),
 #           the same GGUF (SmolLM2-135M-Instruct Q4_1) with as many threads as cores. Figures:
@@ -22,7 +25,8 @@
 # optimisation, trained on these routes) at target/pgo/infergate.
 #
 # Knobs: BENCH_DURATION (10s), BENCH_WARMUP (5s), BENCH_RUNS (3), BENCH_CONNECTIONS (16),
-# BENCH_SCENARIOS ("noop digits embed embed1 gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
+# BENCH_SCENARIOS ("noop digits embed embed1 hello-rs hello-rs-warm hello-py hello-py-warm
+# hello-js hello-js-warm gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
 # 1 skips building infergate and the plugins), BENCH_PGO (1; 0 measures the `dist` profile's
 # build, link-time optimisation only, at target/dist/infergate), BENCH_PEER_PYTHON (the
 # interpreter of the peer's venv; /usr/bin/python3 where it exists); for gen: BENCH_GEN_SINGLE
@@ -37,7 +41,7 @@ DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-5s}"
 RUNS="${BENCH_RUNS:-3}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
-SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1 gen}"
+SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1 hello-rs hello-rs-warm hello-py hello-py-warm hello-js hello-js-warm gen}"
 WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 GEN_SINGLE="${BENCH_GEN_SINGLE:-5}"
 GEN_STREAMS="${BENCH_GEN_STREAMS:-8}"
@@ -139,7 +143,13 @@ build() {
     make setup
     # The plugins bench/infergate.toml loads, from this checkout's sources.
     cargo build --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml \
-        --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed
+        --target-dir target/wasm -p noop -p infergate-digits -p infergate-embed -p hello
+    # The greeting in Python and JavaScript, by their SDKs (tests/requirements.txt has
+    # componentize-py; the JS SDK's npm packages are pinned by its package-lock.json).
+    $PYTHON -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+    npm ci --prefix plugins/sdk-js --no-audit --no-fund --loglevel=error
+    plugins/sdk-python/build.sh examples/hello-python target/polyglot/hello-py.wasm
+    node plugins/sdk-js/build.mjs examples/hello-js/app.js target/polyglot/hello-js.wasm
     if [[ "$PGO" == 1 ]]; then
         bench/pgo.sh
     else
@@ -310,6 +320,8 @@ scenario() {
     noop) systems=(infergate wasmtime-serve) path=/noop/ping body="" ;;
     digits) systems=(infergate fastapi) path=/digits/classify body=bench/requests/digits.json ;;
     embed) systems=(infergate fastapi) path=/embed/embeddings body=bench/requests/embed.json ;;
+    hello-rs | hello-rs-warm | hello-py | hello-py-warm | hello-js | hello-js-warm)
+        systems=(infergate fastapi) path="/$base/greet" body=bench/requests/hello.json ;;
     *) log "unknown scenario $scenario"; exit 1 ;;
     esac
     log "scenario $scenario ($connections connections; load: $(cut -d' ' -f1-3 /proc/loadavg))"
@@ -352,7 +364,8 @@ for f in "$INFERGATE" "$EXAMPLES/floor" "$EXAMPLES/bench_micro"; do
 done
 # bench/infergate.toml loads the chat model in every scenario (`make setup` fetches it).
 [[ -e "$GGUF" ]] || models/fetch.sh
-for f in "$NOOP_WASM" "$WASM_DIR/digits.wasm" "$WASM_DIR/embed.wasm"; do
+for f in "$NOOP_WASM" "$WASM_DIR/digits.wasm" "$WASM_DIR/embed.wasm" "$WASM_DIR/hello.wasm" \
+    target/polyglot/hello-py.wasm target/polyglot/hello-js.wasm; do
     [[ -e "$f" ]] || { log "$f is missing: run without BENCH_SKIP_BUILD"; exit 1; }
 done
 INFERGATE="$OUT/bin/infergate"

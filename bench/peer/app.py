@@ -125,6 +125,24 @@ class Classification(BaseModel):
     scores: list[float]
 
 
+class Hello(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class Greeting(BaseModel):
+    message: str
+
+
+# The greeting of examples/hello (and its Python and JavaScript twins), at every mount the
+# benchmark gives them (hello-rs, hello-py-warm, ...). The key is the benchmark's one, of tenant
+# `bench`.
+@app.post("/{mount}/greet", response_model=Greeting)
+@limiter.limit(LIMIT)
+async def greet(request: Request, mount: str, body: Hello, _key: Annotated[str, Depends(require_api_key)]):
+    return Greeting(message=f"Hello, {body.name}! (tenant bench)")
+
+
 @app.post("/digits/classify", response_model=Classification)
 @limiter.limit(LIMIT)
 async def classify(request: Request, body: ClassifyRequest, _key: Annotated[str, Depends(require_api_key)]):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -132,9 +133,7 @@ def _array(value: Any, hint: Any, origin: Any, args: tuple[Any, ...], pointer: s
 def _dataclass(value: Any, cls: type, pointer: str) -> Any:
     if not isinstance(value, dict):
         raise DecodeError(pointer, f"expected an object, got {_kind(value)}")
-    hints = field_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.init]
-    known = {f.name for f in fields}
+    hints, fields, known = _shape(cls)
     for key in value:
         if key not in known:
             raise DecodeError(f"{pointer}/{_escape(key)}", "unknown field")
@@ -148,6 +147,14 @@ def _dataclass(value: Any, cls: type, pointer: str) -> Any:
                 raise DecodeError(at, "missing required field")
             kwargs[f.name] = None
     return cls(**kwargs)
+
+
+@functools.cache
+def _shape(cls: type) -> tuple[dict[str, Any], list[dataclasses.Field[Any]], frozenset[str]]:
+    """A dataclass's field hints, its fields set by `__init__` and their names: looked up once
+    per class, not per request (a warm instance serves many)."""
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    return field_hints(cls), fields, frozenset(f.name for f in fields)
 
 
 def encode(value: Any) -> Any:

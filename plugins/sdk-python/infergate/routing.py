@@ -403,7 +403,7 @@ class Plugin:
         and the host reports `plugin_out_of_memory`)."""
         try:
             route, params = self.find(request.method, ctx.route, request.path)
-            if params is not None:
+            if params or (params is not None and route.path != ctx.route):
                 ctx = dataclasses.replace(ctx, route=route.path, params={**params, **ctx.params})
             return route.call(ctx, request)
         except HttpError as err:
