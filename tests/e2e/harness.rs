@@ -88,7 +88,9 @@ impl Host {
             log,
             _dir: dir,
         };
-        host.wait_ready(Duration::from_secs(120));
+        // Generous: a host whose plugins are interpreted (18 MB Python components) compiles each
+        // for 7-20 s on a busy 2-core machine before it is ready.
+        host.wait_ready(Duration::from_secs(300));
         host
     }
 
