@@ -116,7 +116,8 @@ def _send(response: Response, response_out: Any, ctx: Ctx) -> None:
         return _send(Response.error(failure, ctx.request_id), response_out, ctx)
     outgoing = http.OutgoingResponse(fields)
     try:
-        outgoing.set_status_code(response.status)
+        if response.status != 200:  # a new response is 200: one host call less, per request
+            outgoing.set_status_code(response.status)
     except w.types.Err:
         failure = HttpError.internal(f"invalid response status {response.status}")
         return _send(Response.error(failure, ctx.request_id), response_out, ctx)
