@@ -116,7 +116,7 @@ async fn a_rust_plugin_from_nothing_to_a_served_route() {
     run(
         &project,
         Command::new("cargo")
-            .args(["test", "--release", "--target", host_target, "--target-dir"])
+            .args(["test", "--target", host_target, "--target-dir"])
             .arg(&target),
     );
     run(
