@@ -126,3 +126,30 @@ async fn a_trap_a_limit_or_an_error_answer_discards_the_instance() {
         }
     }
 }
+
+/// What a request in a warm instance reports is charged to it, as from a fresh one: the
+/// instance's usage is settled at the end of each request, not when it is dropped.
+#[tokio::test]
+async fn each_request_in_a_warm_instance_is_charged_its_own_usage() {
+    let host = warm_host();
+    let other = client_with(OTHER_KEY);
+    for _ in 0..5 {
+        let r = other.get(host.url("/warm/whoami")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    // One instance served all five (and retired after the fifth, reuse = 5): four of them
+    // were settled while it stayed warm.
+    assert_eq!(served(&memo(&other, &host, "warm").await), 1);
+    let report: Value = crate::harness::admin()
+        .get(host.url("/admin/usage/other"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // `/whoami` reports 3 tokens in and 4 out; `/memo` none.
+    assert_eq!(report["usage"]["requests"].as_u64(), Some(6), "{report}");
+    assert_eq!(report["usage"]["tokens_in"].as_u64(), Some(15), "{report}");
+    assert_eq!(report["usage"]["tokens_out"].as_u64(), Some(20), "{report}");
+}

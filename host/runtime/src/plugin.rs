@@ -240,9 +240,7 @@ impl Runtime {
             nn,
         })
     }
-}
 
-impl Runtime {
     /// Links a compiled component against the host's interfaces, ready to instantiate.
     fn link(
         &self,
@@ -339,7 +337,8 @@ struct Outcome {
     result: wasmtime::Result<()>,
     usage: Usage,
     memory_exceeded: bool,
-    /// The instance, when it may serve again (see [`Plugin::finish`]).
+    /// The instance, when it may serve again (kept by [`Plugin::call_inline`] after a clean
+    /// answer).
     kept: Option<Warm>,
 }
 
@@ -378,8 +377,12 @@ impl Plugin {
             .map_err(|_| InvokeError::NoResponse)?;
         let started = Instant::now();
         let context = Arc::new(request.context);
-        let tenant: Arc<str> = context.tenant.as_str().into();
-        let warm = self.pool.as_ref().and_then(|pool| pool.take(&tenant));
+        // The pool's key, for a plugin that opted in to warm instances.
+        let tenant: Option<Arc<str>> = self.pool.as_ref().map(|_| context.tenant.as_str().into());
+        let warm = match (&self.pool, &tenant) {
+            (Some(pool), Some(tenant)) => pool.take(tenant),
+            _ => None,
+        };
         let (mut store, instance) = match warm {
             Some(Warm {
                 mut store,
@@ -387,13 +390,14 @@ impl Plugin {
                 served,
             }) => {
                 store.set_epoch_deadline(1);
+                store.data_mut().begin(context);
                 (store, Some((instance, served)))
             }
-            None => (self.new_store(context.clone()), None),
+            None => (self.new_store(context), None),
         };
-        store
-            .data_mut()
-            .begin(context, request.usage_sink, request.budget);
+        let state = store.data_mut();
+        state.usage_sink = request.usage_sink;
+        state.budget = request.budget;
 
         let mut builder = http::Request::builder()
             .method(request.method)
@@ -421,7 +425,7 @@ impl Plugin {
         let limit = self.limits.max_response_bytes;
         if !streaming {
             // The instance may serve again if the plugin opted in.
-            let keep = self.pool.is_some();
+            let keep = tenant.is_some();
             let guest = run_guest(self.pre.clone(), store, instance, keep, req, out);
             return self
                 .call_inline(guest, receiver, limit, started, tenant)
@@ -479,7 +483,7 @@ impl Plugin {
         >,
         limit: usize,
         started: Instant,
-        tenant: Arc<str>,
+        tenant: Option<Arc<str>>,
     ) -> Result<PluginResponse, InvokeError> {
         let mut guest = pin!(guest);
         let mut answer = pin!(async {
@@ -519,7 +523,9 @@ impl Plugin {
             (Some(mut outcome), Some(answer)) => {
                 let kept = outcome.kept.take();
                 let response = self.finish(outcome, answer, started);
-                if let (Some(pool), Some(mut warm), Ok(response)) = (&self.pool, kept, &response) {
+                if let (Some(pool), Some(tenant), Some(mut warm), Ok(response)) =
+                    (&self.pool, tenant, kept, &response)
+                {
                     // Only a clean answer keeps the instance: an error status may mean the
                     // guest's state is not what it expects.
                     if response.status.as_u16() < 400 && warm.store.data_mut().settled() {

@@ -167,21 +167,11 @@ impl WasiHttpView for PluginState {
 }
 
 impl PluginState {
-    /// Sets the fields of the request this instance serves next (an instance taken from the
-    /// pool served another request of the same tenant before).
-    pub fn begin(
-        &mut self,
-        request: Arc<RequestContext>,
-        usage_sink: Option<UsageSink>,
-        budget: Option<Arc<dyn TokenBudget>>,
-    ) {
-        self.caller = infergate_nn::Caller {
-            tenant: Arc::from(request.tenant.as_str()),
-            weight: request.priority.max(1),
-        };
+    /// Resets the fields of the request a warm instance serves next: it served another
+    /// request of the same tenant before. (The caller then sets the usage sink and budget.)
+    pub fn begin(&mut self, request: Arc<RequestContext>) {
+        self.caller.weight = request.priority.max(1);
         self.request = request;
-        self.usage_sink = usage_sink;
-        self.budget = budget;
         self.usage = Usage::default();
         self.llm = Default::default();
         self.cpu = Default::default();
