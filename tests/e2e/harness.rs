@@ -336,6 +336,13 @@ pub async fn expect_error(
     body
 }
 
+/// GETs `url`, which must answer 200, and reads its JSON body.
+pub async fn get_ok(c: &reqwest::Client, url: &str) -> serde_json::Value {
+    let r = c.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {url}");
+    r.json().await.unwrap()
+}
+
 /// Sends a request that must get an answer and reads its body: the tests' common
 /// `send().await.unwrap()` then `json()`/`text()` `.await.unwrap()`.
 pub trait Fetch {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, client, client_with, expect_error, model, root};
+use crate::harness::{Host, client, client_with, expect_error, get_ok, model, root};
 
 const OTHER_KEY: &str = "other-key-0123456789abcdef";
 
@@ -347,13 +347,7 @@ async fn warm_instances_keep_state_for_one_tenant_only() {
         let host = host();
         let (mine, other) = (client(), client_with(OTHER_KEY));
         let state = async |c: &reqwest::Client, plugin: &str| -> Value {
-            let r = c
-                .get(host.url(&format!("/{plugin}/state")))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-            r.json().await.unwrap()
+            get_ok(c, &host.url(&format!("/{plugin}/state"))).await
         };
         let warm = format!("{}-warm", l.fixture);
         // Without reuse: a fresh instance, a fresh module, every time.

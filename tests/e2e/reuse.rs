@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{Host, client, client_with, standard_config, wasm};
+use crate::harness::{Host, client, client_with, get_ok, standard_config, wasm};
 
 const OTHER_KEY: &str = "other-key-0123456789abcdef";
 
@@ -31,13 +31,7 @@ tenant = "other"
 }
 
 async fn memo(c: &reqwest::Client, host: &Host, plugin: &str) -> Value {
-    let r = c
-        .get(host.url(&format!("/{plugin}/memo")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().await.unwrap()
+    get_ok(c, &host.url(&format!("/{plugin}/memo"))).await
 }
 
 fn served(memo: &Value) -> u64 {

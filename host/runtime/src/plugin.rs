@@ -549,11 +549,6 @@ impl Plugin {
         store
     }
 
-    /// Warm instances waiting for a request now (0 for a plugin without `reuse`).
-    pub fn idle_instances(&self) -> usize {
-        self.pool.as_ref().map_or(0, Pool::idle)
-    }
-
     /// The result of a call whose guest has ended.
     fn finish(
         &self,

@@ -87,9 +87,4 @@ impl Pool {
         drop(idle);
         drop(evicted);
     }
-
-    /// Instances waiting now.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
 }
