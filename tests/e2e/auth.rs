@@ -976,71 +976,9 @@ path = "{hello}"
     .await;
 }
 
-/// A fresh PostgreSQL database for one test, dropped at the end. The server is the local one
-/// (`INFERGATE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`, then user
-/// `root`); each test makes its own database there, so parallel runs never collide.
-struct PgDatabase {
-    server: String,
-    name: String,
-}
-
-impl PgDatabase {
-    async fn connect() -> (String, sqlx::PgConnection) {
-        use sqlx::Connection as _;
-        let candidates = match std::env::var("INFERGATE_TEST_POSTGRES") {
-            Ok(url) => vec![url],
-            Err(_) => vec![
-                "postgres://postgres@127.0.0.1:5432/test".to_string(),
-                "postgres://root@127.0.0.1:5432/test".to_string(),
-            ],
-        };
-        let mut errors = Vec::new();
-        for url in candidates {
-            match sqlx::PgConnection::connect(&url).await {
-                Ok(conn) => return (url, conn),
-                Err(e) => errors.push(format!("{url}: {e}")),
-            }
-        }
-        panic!("no PostgreSQL to test with: {errors:?}");
-    }
-
-    async fn create() -> PgDatabase {
-        let (admin_url, mut conn) = Self::connect().await;
-        let name = format!("ig_test_{}", hex_id());
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let server = admin_url.rsplit_once('/').unwrap().0.to_string();
-        PgDatabase { server, name }
-    }
-
-    fn url(&self) -> String {
-        format!("{}/{}", self.server, self.name)
-    }
-
-    async fn drop_it(self) {
-        let (_, mut conn) = Self::connect().await;
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&mut conn)
-        .await;
-    }
-}
-
-fn hex_id() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("{:x}{:x}", n, std::process::id())
-}
-
 #[tokio::test]
 async fn revocation_reaches_every_instance_within_a_second() {
-    let db = PgDatabase::create().await;
+    let db = crate::harness::PgDatabase::create().await;
     let config = small_config(&format!("[auth]\ndatabase = \"{}\"\n", db.url()));
     let a = Host::start(&config);
     let b = Host::start(&config);

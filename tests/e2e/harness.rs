@@ -49,7 +49,16 @@ impl Host {
         Self::start_with(config, &root().join("target/e2e-cache"), env)
     }
 
+    /// Like [`Host::start`], listening on `listen` (a restarted instance keeps its address).
+    pub fn start_on(config: &str, listen: &str) -> Host {
+        Self::start_listening(config, &root().join("target/e2e-cache"), &[], listen)
+    }
+
     fn start_with(config: &str, cache: &Path, env: &[(&str, &str)]) -> Host {
+        Self::start_listening(config, cache, env, "127.0.0.1:0")
+    }
+
+    fn start_listening(config: &str, cache: &Path, env: &[(&str, &str)], listen: &str) -> Host {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("infergate.toml");
         let config = format!("cache_dir = \"{}\"\n{config}", cache.display());
@@ -57,7 +66,7 @@ impl Host {
         let log = dir.path().join("host.log");
         let log_file = std::fs::File::create(&log).expect("creating the host log");
         let mut child = Command::new(env!("CARGO_BIN_EXE_infergate"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .args(["serve", "--listen", listen, "--config"])
             .arg(&path)
             .env("INFERGATE_API_KEY", API_KEY)
             .env("INFERGATE_ADMIN_KEY", ADMIN_KEY)
@@ -126,6 +135,31 @@ impl Host {
     /// For a host kept in a static, which is never dropped: it dies with the test process.
     pub fn die_with_tests(&self) {
         kill_with_parent(self.child.lock().unwrap().id());
+    }
+
+    /// Sends SIGTERM (what an orchestrator does); the host shuts down gracefully.
+    pub fn terminate(&self) {
+        let pid = self.child.lock().unwrap().id();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("running kill");
+        assert!(sent.success(), "kill -TERM {pid}");
+    }
+
+    /// Waits for the process to end; its exit status.
+    pub fn wait_exit(&self, timeout: Duration) -> std::process::ExitStatus {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.lock().unwrap().try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "infergate still running {timeout:?} after it was told to stop"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// True while the host process runs.
@@ -358,4 +392,66 @@ impl Fetch for reqwest::RequestBuilder {
     async fn fetch_text(self) -> String {
         self.send().await.unwrap().text().await.unwrap()
     }
+}
+
+/// A fresh PostgreSQL database for one test, dropped at the end. The server is the local one
+/// (`INFERGATE_TEST_POSTGRES`, default `postgres://postgres@127.0.0.1:5432/test`, then user
+/// `root`); each test makes its own database there, so parallel runs never collide.
+pub struct PgDatabase {
+    server: String,
+    name: String,
+}
+
+impl PgDatabase {
+    async fn connect() -> (String, sqlx::PgConnection) {
+        use sqlx::Connection as _;
+        let candidates = match std::env::var("INFERGATE_TEST_POSTGRES") {
+            Ok(url) => vec![url],
+            Err(_) => vec![
+                "postgres://postgres@127.0.0.1:5432/test".to_string(),
+                "postgres://root@127.0.0.1:5432/test".to_string(),
+            ],
+        };
+        let mut errors = Vec::new();
+        for url in candidates {
+            match sqlx::PgConnection::connect(&url).await {
+                Ok(conn) => return (url, conn),
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        panic!("no PostgreSQL to test with: {errors:?}");
+    }
+
+    pub async fn create() -> PgDatabase {
+        let (admin_url, mut conn) = Self::connect().await;
+        let name = format!("ig_test_{}", hex_id());
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let server = admin_url.rsplit_once('/').unwrap().0.to_string();
+        PgDatabase { server, name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/{}", self.server, self.name)
+    }
+
+    pub async fn drop_it(self) {
+        let (_, mut conn) = Self::connect().await;
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+pub fn hex_id() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}{:x}", n, std::process::id())
 }

@@ -1,5 +1,5 @@
 //! Prints the per-request cost of checking each kind of credential, measured in-process
-//! (no HTTP): API keys from the config, database keys (SQLite) with the lookup cached and not,
+//! (no HTTP): API keys from the config, database keys (SQLite, or PostgreSQL with `AUTH_BENCH_DATABASE`) with the lookup cached and not,
 //! host-issued OAuth2 tokens, and external JWTs (RS256, ES256, EdDSA, HS256) with the issuer's
 //! JWKS cached, and with a JWKS fetch from a loopback server (a cache miss).
 //!
@@ -79,6 +79,14 @@ async fn main() {
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let dir = tempfile::tempdir().unwrap();
+    // The database several instances share is PostgreSQL: `AUTH_BENCH_DATABASE=postgres://...`.
+    let database = std::env::var("AUTH_BENCH_DATABASE")
+        .unwrap_or_else(|_| dir.path().join("auth.db").display().to_string());
+    let kind = if database.starts_with("postgres") {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    };
     let config = Config::parse(
         &format!(
             r#"
@@ -99,7 +107,7 @@ hs256_secret = "{HS_SECRET}"
 audience = ["bench"]
 tenant = "acme"
 "#,
-            db = dir.path().join("auth.db").display()
+            db = database
         ),
         dir.path(),
     )
@@ -124,7 +132,7 @@ tenant = "acme"
     })
     .await;
     measure(
-        "API key in SQLite, lookup cached (hit)",
+        &format!("API key in {kind}, lookup cached (hit)"),
         200_000,
         || async move {
             auth.authenticate_credential(db_key).await.unwrap();
@@ -132,7 +140,7 @@ tenant = "acme"
     )
     .await;
     measure(
-        "API key in SQLite, not cached (miss: one query)",
+        &format!("API key in {kind}, not cached (miss: one query)"),
         5_000,
         || async move {
             auth.keys.clear_cache();

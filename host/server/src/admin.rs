@@ -139,6 +139,12 @@ impl From<ChangeError> for ApiError {
             ChangeError::NotFound(_) => ApiError::not_found(message),
             ChangeError::NotReady => ApiError::not_ready(),
             ChangeError::Limit(_) => ApiError::new(StatusCode::FORBIDDEN, "forbidden", message),
+            ChangeError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster_unavailable",
+                message,
+            )
+            .retry_after(std::time::Duration::from_secs(1)),
         }
     }
 }

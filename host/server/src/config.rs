@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use crate::registry::ClusterConfig;
 use crate::registry::names::{PLUGIN_NAME_RULE, valid_plugin_name};
 use anyhow::Context as _;
 use infergate_nn::{BackendKind, ModelSpec};
@@ -62,6 +63,8 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub plugins: Vec<PluginConfig>,
+    /// Share deploys with other instances through PostgreSQL (absent: this instance's own).
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -264,6 +267,34 @@ impl PluginConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The config the Kubernetes manifests carry (`deploy/k8s/configmap.yaml`) is one this host
+    /// accepts, with the shared state of several instances and a drain that fits the pod's.
+    #[test]
+    fn the_kubernetes_config_map_holds_a_valid_config() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let yaml = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
+        let (_, block) = yaml.split_once("infergate.toml: |\n").unwrap();
+        let toml: String = block
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+            .collect();
+        // The image puts the bundled models under /opt/infergate, as they are here.
+        let home = root.canonicalize().unwrap();
+        let toml = toml.replace("/opt/infergate/", &format!("{}/", home.display()));
+        let config = Config::parse(&toml, Path::new("/")).unwrap();
+        assert!(config.cluster.is_some());
+        assert_eq!(config.limits.store, crate::quota::StoreKind::Redis);
+        assert!(config.server.shutdown_grace_ms > 0);
+        let builtins: Vec<_> = config
+            .plugins
+            .iter()
+            .filter_map(|p| p.builtin.as_deref())
+            .collect();
+        assert!(builtins.iter().all(|b| crate::builtin::NAMES.contains(b)));
+        assert_eq!(builtins.len(), config.plugins.len());
+    }
 
     /// A config in a relative directory naming `../data/keys.db` still opens its file.
     #[test]

@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use http::{HeaderMap, header};
+use http::{HeaderMap, StatusCode, header};
 use infergate_runtime::engine::CacheOutcome;
 use serde_json::{Value, json};
 
@@ -88,6 +88,14 @@ async fn healthz() -> impl IntoResponse {
 /// Ready or not, for anyone; which plugins are loaded and whether each came from the compile
 /// cache only for the operator (the names include tenants' private plugins).
 async fn readyz(admin: Result<Admin, ApiError>, State(registry): State<Arc<Registry>>) -> Response {
+    if registry.draining() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the host is shutting down: it finishes what it has, send new requests elsewhere",
+        )
+        .into_response();
+    }
     match registry.snapshot() {
         Some(_) if admin.is_err() => axum::Json(json!({"status": "ready"})).into_response(),
         Some(snapshot) => {

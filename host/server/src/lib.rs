@@ -6,7 +6,8 @@
 //! - [`error`]: the one error type and JSON error shape.
 //! - [`router`]: the pure route table built from plugin manifests.
 //! - [`registry`]: deploy, replace, remove and roll back plugins and models; the snapshot
-//!   requests are served from, swapped atomically. Owns the model and plugin settings types.
+//!   requests are served from, swapped atomically. Owns the model and plugin settings types,
+//!   and with `[cluster]` the record of deploys shared through PostgreSQL and its follower.
 //! - [`auth`]: who is calling (API keys, JWTs, host-issued OAuth2 tokens), tenants, and what
 //!   each may call; the `/oauth` token endpoint and the admin API for tenants and keys.
 //! - [`quota`]: rate limits, token and compute quotas, concurrency caps; memory or Redis.
@@ -58,10 +59,15 @@ use crate::config::Config;
 use crate::registry::{Registry, Source};
 use crate::state::AppState;
 
-/// Serves `config` on `listener` until `shutdown` resolves; in-flight requests then finish.
+/// Serves `config` on `listener` until `shutdown` resolves, then shuts down gracefully.
 ///
 /// The socket answers at once (`/healthz`; `/readyz` says 503 until ready) while models and
 /// plugins load in the background. A start-up load failure ends `run` with that error.
+///
+/// Shutting down, for rolling updates behind a load balancer: `/readyz` answers 503 at once
+/// while the host keeps accepting and serving for `[server] shutdown_grace_ms` (the balancer
+/// sees it leave first); then it stops accepting and the requests in flight, streams included,
+/// finish, for at most `drain_timeout_ms`; then `run` returns.
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -90,15 +96,23 @@ pub async fn run(
         cors: config.cors.layer()?,
     };
     let overload = pipeline::overload::Overload::new(&config.server);
+    let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
+    let drain = std::time::Duration::from_millis(config.server.drain_timeout_ms);
+    let port = listener.local_addr()?.port();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
+    let (cluster_tx, mut cluster_rx) = tokio::sync::oneshot::channel::<Arc<registry::Cluster>>();
     let registry = state.registry.clone();
     tokio::spawn(async move {
-        match start(&config, &registry).await {
-            Ok(watcher) => {
+        match start(&config, &registry, port).await {
+            Ok((watcher, cluster)) => {
                 registry.set_ready();
                 tracing::info!("ready");
                 if let Some(watcher) = watcher {
                     tokio::spawn(watcher.run(registry.clone()));
+                }
+                if let Some(cluster) = cluster {
+                    tokio::spawn(registry::follow(registry.clone(), cluster.clone()));
+                    let _ = cluster_tx.send(cluster);
                 }
             }
             Err(e) => {
@@ -107,17 +121,65 @@ pub async fn run(
         }
     });
 
+    let registry = state.registry.clone();
     let app = crate::http::app(state, overload, &limits)
         .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
-    tokio::select! {
+    let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
+    let close = async move {
+        shutdown.await;
+        registry.set_draining();
+        if !grace.is_zero() {
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "shutting down: /readyz answers 503; still serving for the grace period"
+            );
+            tokio::time::sleep(grace).await;
+        }
+        tracing::info!(
+            drain_timeout_ms = drain.as_millis() as u64,
+            "shutting down: no longer accepting; finishing the requests in flight"
+        );
+        let _ = closed_tx.send(true);
+    };
+    let server = axum::serve(listener, app).with_graceful_shutdown(close);
+    let drain_bound = async move {
+        let _ = closed_rx.wait_for(|closed| *closed).await;
+        tokio::time::sleep(drain).await;
+    };
+    let done = tokio::select! {
         result = server => result.context("serving HTTP"),
+        () = drain_bound => {
+            tracing::warn!("requests still in flight after drain_timeout_ms: exiting anyway");
+            Ok(())
+        }
         Ok(error) = failed_rx => Err(error),
+    };
+    if let Ok(cluster) = cluster_rx.try_recv() {
+        cluster.leave().await;
     }
+    done
 }
 
-/// Loads models, the runtime and every plugin of the config and of the watched directory.
-async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<watch::Watcher>> {
+/// Loads models, the runtime and every plugin of the config, what the cluster's record holds
+/// and the watched directory's plugins.
+async fn start(
+    config: &Config,
+    registry: &Registry,
+    port: u16,
+) -> anyhow::Result<(Option<watch::Watcher>, Option<Arc<registry::Cluster>>)> {
+    let cluster = match &config.cluster {
+        Some(cluster) => {
+            let url = cluster
+                .database
+                .clone()
+                .or_else(|| config.auth.database.clone())
+                .context("[cluster] needs `database`, or a PostgreSQL `[auth] database`")?;
+            Some(Arc::new(
+                registry::Cluster::open(&url, cluster, port).await?,
+            ))
+        }
+        None => None,
+    };
     let specs = config.model_specs();
     let backend_options = BackendOptions {
         ort_dylib: config.onnxruntime.library.clone(),
@@ -142,6 +204,7 @@ async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<wa
             ModelTable::new(&models),
             backend_options,
             config.admin.versions_kept,
+            cluster.clone(),
         )
         .await;
     for pc in &config.plugins {
@@ -159,11 +222,13 @@ async fn start(config: &Config, registry: &Registry) -> anyhow::Result<Option<wa
             .await
             .with_context(|| format!("loading plugin `{}`", pc.name))?;
     }
+    // An instance started later serves what the others serve before it says it is ready.
+    registry.catch_up().await;
     let mut watcher = config.plugins_dir.clone().map(watch::Watcher::new);
     if let Some(w) = watcher.as_mut() {
         w.initial_scan(registry).await;
     }
-    Ok(watcher)
+    Ok((watcher, cluster))
 }
 
 fn default_cache_dir() -> PathBuf {

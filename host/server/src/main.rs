@@ -250,7 +250,7 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> anyh
     if config.admin.key.is_none() {
         tracing::info!("no admin key (INFERGATE_ADMIN_KEY or [admin] key): the admin API is off");
     }
-    infergate::run(listener, config, auth, shutdown_signal()).await
+    infergate::run(listener, config, auth, shutdown_signal()?).await
 }
 
 /// A secret from the environment; empty is unset.
@@ -392,22 +392,25 @@ fn infergate_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        {
-            s.recv().await;
+/// Resolves at the first SIGTERM or Ctrl-C (the host then shuts down gracefully: see
+/// [`infergate::run`]); a second one ends the process at once.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = interrupt.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
-    tracing::info!("shutting down: finishing in-flight requests");
+        tracing::info!("shutting down (a second signal ends the process at once)");
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = interrupt.recv() => {},
+            }
+            tracing::warn!("second signal: exiting without finishing the requests in flight");
+            std::process::exit(130);
+        });
+    })
 }

@@ -3,7 +3,8 @@
 //! `overloaded` and `Retry-After` rather than queued behind the others, so the latency of the
 //! requests let in holds. A request whose response head takes longer than
 //! `request_timeout_ms` gets 504 `request_timeout`. `/healthz`, `/readyz` and `/metrics` are
-//! never refused here: probes and scrapes must answer under overload.
+//! never refused here: probes and scrapes must answer under overload. `[server]` also says how
+//! the host shuts down (`shutdown_grace_ms`, `drain_timeout_ms`: see `lib.rs`'s `run`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,6 +32,13 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// What `Retry-After` tells a shed client, in seconds.
     pub retry_after_s: u64,
+    /// After SIGTERM or Ctrl-C: how long `/readyz` answers 503 while the host still accepts
+    /// and serves, so a load balancer takes it out of rotation before it stops accepting, in
+    /// milliseconds (a few health-check intervals behind a balancer; 0 on one machine).
+    pub shutdown_grace_ms: u64,
+    /// Then: the longest the requests in flight (streams included) may take to finish before
+    /// the host exits anyway, in milliseconds.
+    pub drain_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +47,8 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             request_timeout_ms: 600_000,
             retry_after_s: 1,
+            shutdown_grace_ms: 0,
+            drain_timeout_ms: 60_000,
         }
     }
 }

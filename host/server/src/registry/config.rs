@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use infergate_nn::{BackendKind, ModelSpec, Target};
 use infergate_runtime::Limits;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub name: String,
@@ -42,7 +42,7 @@ pub struct ModelConfig {
     pub threads: Option<u32>,
 }
 
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BatchingConfig {
     /// The most rows (inputs' leading dimension, summed) one backend call holds.
@@ -80,7 +80,7 @@ impl ModelConfig {
 }
 
 /// How a plugin is served, whatever brought it in (config, watched directory, admin API).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PluginSettings {
     /// Path prefix of its routes; default `/{name}`; `/` for the root.

@@ -8,12 +8,16 @@
 //! manifest parses, its routes do not collide, its models are granted and loaded) and only then
 //! published. A change that fails leaves the previous snapshot serving.
 
+pub mod cluster;
 mod config;
+mod follow;
 pub mod names;
 
+pub use cluster::{Cluster, ClusterConfig};
 pub use config::{BatchingConfig, ModelConfig, PluginSettings};
+pub use follow::follow;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::SystemTime;
@@ -21,12 +25,13 @@ use std::time::SystemTime;
 use arc_swap::ArcSwapOption;
 use infergate_nn::{BackendOptions, Models};
 use infergate_runtime::{ModelTable, Plugin, PluginSpec, Runtime};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::router::{Router, Target};
+use cluster::{InstanceStatus, PluginChange, VersionRecord};
 
 /// How a plugin came in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Config,
@@ -76,6 +81,9 @@ pub enum ChangeError {
     /// An operator's limit on tenants is reached.
     #[error("{0}")]
     Limit(String),
+    /// The cluster's database did not answer: nothing changed.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What an operator sees of a plugin.
@@ -94,6 +102,12 @@ pub struct PluginInfo {
     /// Earlier versions kept for rollback, newest first (digests).
     pub previous: Vec<String>,
     pub last_error: Option<String>,
+    /// With `[cluster]`: the revision of the shared record this instance serves...
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
+    /// ...and what each live instance made of the plugin's latest record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceStatus>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -110,11 +124,16 @@ pub struct ModelInfo {
     /// A language model's generation counters.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generation: Option<infergate_nn::llm::LlmStats>,
+    /// With `[cluster]`: what each live instance made of the model's record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<Vec<InstanceStatus>>,
 }
 
 pub struct Registry {
     current: ArcSwapOption<Snapshot>,
     ready: AtomicBool,
+    /// Shutting down: still serving, no longer ready.
+    draining: AtomicBool,
     state: tokio::sync::Mutex<Option<State>>,
     /// Counts published snapshots, for whoever follows changes (MCP's `list_changed`).
     changes: tokio::sync::watch::Sender<u64>,
@@ -125,6 +144,7 @@ impl Default for Registry {
         Self {
             current: ArcSwapOption::empty(),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             state: tokio::sync::Mutex::new(None),
             changes: tokio::sync::watch::channel(0).0,
         }
@@ -138,6 +158,13 @@ struct State {
     backend_options: BackendOptions,
     versions_kept: usize,
     plugins: BTreeMap<String, Entry>,
+    /// The shared record of deploys, with `[cluster]`.
+    cluster: Option<Arc<Cluster>>,
+    /// The revision of each plugin's and model's record served here (`[cluster]`).
+    applied: HashMap<String, i64>,
+    applied_models: HashMap<String, i64>,
+    /// Plugin revisions that failed here, not tried again until something changes.
+    failed: HashMap<String, i64>,
 }
 
 #[derive(Default)]
@@ -164,6 +191,7 @@ impl Registry {
         models: ModelTable,
         backend_options: BackendOptions,
         versions_kept: usize,
+        cluster: Option<Arc<Cluster>>,
     ) {
         self.current.store(Some(Arc::new(Snapshot {
             plugins: Vec::new(),
@@ -175,6 +203,10 @@ impl Registry {
             backend_options,
             versions_kept,
             plugins: BTreeMap::new(),
+            cluster,
+            applied: HashMap::new(),
+            applied_models: HashMap::new(),
+            failed: HashMap::new(),
         });
     }
 
@@ -192,6 +224,15 @@ impl Registry {
     /// Opens the host to requests: everything loaded at start-up is in.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
+    }
+
+    /// The host is shutting down: it serves on, but tells load balancers it is not ready.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Deploys a new plugin or a new version of one.
@@ -257,12 +298,21 @@ impl Registry {
             check_owner(state, name, owner)?;
             (state.runtime.clone(), state.models.clone())
         };
-        let built = prepare(&runtime, &models, name, wasm, settings, source, owner).await;
+        let built = prepare(
+            &runtime,
+            &models,
+            name,
+            wasm.clone(),
+            settings,
+            source,
+            owner,
+        )
+        .await;
 
         let mut guard = self.state.lock().await;
         let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
         let result = match built {
-            Ok(mounted) => self.publish(state, mounted, max_owned),
+            Ok(mounted) => self.publish(state, mounted, &wasm, max_owned).await,
             Err(e) => Err(e),
         };
         let someone_elses = state
@@ -289,11 +339,13 @@ impl Registry {
         result
     }
 
-    /// Publishes a prepared version, after checking what may have changed while it was built.
-    fn publish(
+    /// Publishes a prepared version, after checking what may have changed while it was built
+    /// (and, with `[cluster]`, recording it for the other instances first).
+    async fn publish(
         &self,
         state: &mut State,
         mounted: Arc<Mounted>,
+        wasm: &[u8],
         max_owned: Option<usize>,
     ) -> Result<Arc<Mounted>, ChangeError> {
         let name = mounted.name.as_str();
@@ -326,10 +378,30 @@ impl Registry {
             }
         }
         let snapshot = build(state, Some((name, Some(mounted.clone()))))?;
+        let record = match &state.cluster {
+            // A config's plugins are each instance's own.
+            Some(cluster) if mounted.source != Source::Config => Some(
+                cluster
+                    .change_plugin(
+                        name,
+                        PluginChange::Deploy {
+                            version: VersionRecord::of(&mounted),
+                            wasm,
+                            keep: state.versions_kept,
+                            max_owned,
+                        },
+                    )
+                    .await?,
+            ),
+            _ => None,
+        };
         self.publish_snapshot(snapshot);
         let entry = state.plugins.entry(name.to_string()).or_default();
         entry.versions.push_front(mounted.clone());
         entry.versions.truncate(state.versions_kept + 1);
+        if let Some(record) = record {
+            self.settle_record(state, &record).await;
+        }
         tracing::info!(
             plugin = name,
             mount = %if mounted.mount.is_empty() { "/" } else { &mounted.mount },
@@ -359,8 +431,19 @@ impl Registry {
             )));
         }
         let snapshot = build(state, Some((name, None)))?;
+        let record = match &state.cluster {
+            Some(cluster) => Some(
+                cluster
+                    .change_plugin(name, PluginChange::Remove { only_from })
+                    .await?,
+            ),
+            None => None,
+        };
         self.publish_snapshot(snapshot);
         state.plugins.remove(name);
+        if let Some(record) = record {
+            self.settle_record(state, &record).await;
+        }
         tracing::info!(plugin = name, "plugin removed");
         Ok(())
     }
@@ -377,9 +460,16 @@ impl Registry {
                 ChangeError::NotFound(format!("plugin `{name}` has no earlier version"))
             })?;
         let snapshot = build(state, Some((name, Some(previous.clone()))))?;
+        let record = match &state.cluster {
+            Some(cluster) => Some(cluster.change_plugin(name, PluginChange::Rollback).await?),
+            None => None,
+        };
         self.publish_snapshot(snapshot);
         if let Some(entry) = state.plugins.get_mut(name) {
             entry.versions.pop_front();
+        }
+        if let Some(record) = record {
+            self.settle_record(state, &record).await;
         }
         tracing::info!(plugin = name, digest = %&previous.plugin.digest[..12], "plugin rolled back");
         Ok(previous)
@@ -414,6 +504,10 @@ impl Registry {
         let guard = self.state.lock().await;
         let Some(state) = guard.as_ref() else {
             return Vec::new();
+        };
+        let mut statuses = match &state.cluster {
+            Some(cluster) => Some(cluster.statuses("plugin").await),
+            None => None,
         };
         state
             .plugins
@@ -461,6 +555,10 @@ impl Registry {
                         .map(|m| m.plugin.digest.clone())
                         .collect(),
                     last_error: entry.last_error.clone(),
+                    revision: state.applied.get(name).copied(),
+                    instances: statuses
+                        .as_mut()
+                        .map(|s| s.remove(name).unwrap_or_default()),
                 }
             })
             .collect()
@@ -471,17 +569,13 @@ impl Registry {
     pub async fn put_model(&self, config: ModelConfig) -> Result<(), ChangeError> {
         let mut guard = self.state.lock().await;
         let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
-        let spec = config.spec();
-        let options = state.backend_options.clone();
-        let name = spec.name.clone();
-        let models = tokio::task::spawn_blocking(move || Models::load(&[spec], &options))
-            .await
-            .map_err(|e| ChangeError::Invalid(format!("loading model `{name}`: {e}")))?
-            .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
-        let model = models
-            .get(&name)
-            .ok_or_else(|| ChangeError::Invalid(format!("model `{name}` did not load")))?;
-        tracing::info!(model = %name, backend = %model.backend_description(), "model loaded");
+        let model = load_model(state, &config).await?;
+        if let Some(cluster) = &state.cluster {
+            let revision = cluster.change_model(&config.name, Some(&config)).await?;
+            state.applied_models.insert(config.name.clone(), revision);
+            cluster.report("model", &config.name, revision, None).await;
+        }
+        tracing::info!(model = %config.name, backend = %model.backend_description(), "model loaded");
         state.models.insert(model);
         Ok(())
     }
@@ -490,25 +584,13 @@ impl Registry {
     pub async fn remove_model(&self, name: &str) -> Result<(), ChangeError> {
         let mut guard = self.state.lock().await;
         let state = guard.as_mut().ok_or(ChangeError::NotReady)?;
-        let users: Vec<&str> = state
-            .plugins
-            .iter()
-            .filter(|(_, e)| {
-                e.versions
-                    .iter()
-                    .any(|m| m.settings.models.iter().any(|g| g == name))
-            })
-            .map(|(n, _)| n.as_str())
-            .collect();
-        if !users.is_empty() {
-            return Err(ChangeError::Conflict(format!(
-                "model `{name}` is granted to {} (current or kept versions); remove or redeploy them first",
-                users.join(", ")
-            )));
+        check_unused(state, name)?;
+        if let Some(cluster) = &state.cluster {
+            let revision = cluster.change_model(name, None).await?;
+            state.applied_models.insert(name.to_string(), revision);
+            cluster.report("model", name, revision, None).await;
         }
-        if !state.models.remove(name) {
-            return Err(ChangeError::NotFound(format!("no model `{name}`")));
-        }
+        state.models.remove(name);
         tracing::info!(model = name, "model unloaded");
         Ok(())
     }
@@ -517,6 +599,10 @@ impl Registry {
         let guard = self.state.lock().await;
         let Some(state) = guard.as_ref() else {
             return Vec::new();
+        };
+        let mut statuses = match &state.cluster {
+            Some(cluster) => Some(cluster.statuses("model").await),
+            None => None,
         };
         state
             .models
@@ -534,13 +620,56 @@ impl Registry {
                     queue_timeout_ms: spec.queue_timeout.as_millis() as u64,
                     stats: m.stats(),
                     generation: m.llm().map(|llm| llm.stats()),
+                    instances: statuses
+                        .as_mut()
+                        .map(|s| s.remove(&spec.name).unwrap_or_default()),
                 }
             })
             .collect()
     }
 }
 
-/// A snapshot of the current versions with one plugin changed (`Some`) or removed (`None`).
+/// Loads a model off the async runtime (not yet served).
+async fn load_model(
+    state: &State,
+    config: &ModelConfig,
+) -> Result<Arc<infergate_nn::Model>, ChangeError> {
+    let spec = config.spec();
+    let options = state.backend_options.clone();
+    let name = spec.name.clone();
+    let models = tokio::task::spawn_blocking(move || Models::load(&[spec], &options))
+        .await
+        .map_err(|e| ChangeError::Invalid(format!("loading model `{name}`: {e}")))?
+        .map_err(|e| ChangeError::Invalid(format!("{e:#}")))?;
+    models
+        .get(&config.name)
+        .ok_or_else(|| ChangeError::Invalid(format!("model `{}` did not load", config.name)))
+}
+
+/// A model may be unloaded when it is loaded and no version of any plugin is granted it.
+fn check_unused(state: &State, name: &str) -> Result<(), ChangeError> {
+    let users: Vec<&str> = state
+        .plugins
+        .iter()
+        .filter(|(_, e)| {
+            e.versions
+                .iter()
+                .any(|m| m.settings.models.iter().any(|g| g == name))
+        })
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if !users.is_empty() {
+        return Err(ChangeError::Conflict(format!(
+            "model `{name}` is granted to {} (current or kept versions); remove or redeploy them first",
+            users.join(", ")
+        )));
+    }
+    if state.models.get(name).is_none() {
+        return Err(ChangeError::NotFound(format!("no model `{name}`")));
+    }
+    Ok(())
+}
+
 /// A plugin of one owner (a tenant, or the operator) cannot be replaced by another.
 fn check_owner(state: &State, name: &str, owner: Option<&str>) -> Result<(), ChangeError> {
     let existing = state
@@ -617,6 +746,7 @@ async fn prepare(
     }))
 }
 
+/// A snapshot of the current versions with one plugin changed (`Some`) or removed (`None`).
 fn build(
     state: &State,
     change: Option<(&str, Option<Arc<Mounted>>)>,
