@@ -25,7 +25,7 @@ test: setup test-tools
 	cargo test --release --workspace
 	cargo test --release --manifest-path plugins/Cargo.toml --workspace \
 		--target $(HOST_TARGET) --target-dir target/wasm
-	$(PYTHON) -m pytest -q plugins/sdk-python/tests
+	$(PYTHON) -m pytest -q plugins/sdk-python/tests tests/deploy
 	node --test plugins/sdk-js/test/
 
 # llama.cpp (the language-model backend) is built from source by the llama-cpp-sys-2 crate: it
@@ -38,11 +38,14 @@ setup: models
 	rustup target add wasm32-wasip2
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r models/requirements.txt -r tests/requirements.txt
 
-# What only the tests use: a headless browser (the CORS test runs a page in Chromium), and the
-# JavaScript SDK's build tools (componentize-js, from npm, pinned by its package-lock.json).
+# What only the tests use: a headless browser (the CORS test runs a page in Chromium), a load
+# balancer (the rolling-restart test runs three hosts behind HAProxy), and the JavaScript SDK's
+# build tools (componentize-js, from npm, pinned by its package-lock.json).
 test-tools:
 	@command -v chromium >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends chromium; }
+	@command -v haproxy >/dev/null 2>&1 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends haproxy; }
 	@command -v npm >/dev/null 2>&1 || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq --no-install-recommends nodejs npm; }
 	npm ci --prefix plugins/sdk-js --no-audit --no-fund --loglevel=error
