@@ -181,7 +181,13 @@ async fn three_instances_share_deploys_limits_budgets_and_keys() {
         model("digits/digits.onnx")
     );
     let llm = with_llm();
-    let a = Host::start(&config(&db.url(), &prefix, &format!("{digits2}{llm}")));
+    // A also watches a plugins directory.
+    let watched = tempfile::tempdir().unwrap();
+    let a = Host::start(&format!(
+        "plugins_dir = \"{}\"\n{}",
+        watched.path().display(),
+        config(&db.url(), &prefix, &format!("{digits2}{llm}"))
+    ));
     let b = Host::start(&config(&db.url(), &prefix, &format!("{digits2}{llm}")));
 
     // Deploy through A: B serves it within the bound.
@@ -220,6 +226,38 @@ async fn three_instances_share_deploys_limits_budgets_and_keys() {
         "converged on every instance: deploy {deployed:?}, replace {replaced:?}, \
          rollback {rolled_back:?}, delete {deleted:?}"
     );
+
+    // A plugin dropped into A's watched directory is served by all; removing the file removes
+    // it everywhere. (The watcher applies a file once it has stopped changing: two polls.)
+    let file = watched.path().join("dropped.wasm");
+    std::fs::write(&file, std::fs::read(wasm("greeter_v2")).unwrap()).unwrap();
+    let path_version = |host: &Host| {
+        let url = host.url("/dropped/version");
+        async move {
+            let r = crate::harness::client().get(url).send().await.unwrap();
+            r.status().as_u16()
+        }
+    };
+    for want in [200, 404] {
+        if want == 404 {
+            std::fs::remove_file(&file).unwrap();
+        }
+        let started = Instant::now();
+        for host in all {
+            while path_version(host).await != want {
+                assert!(
+                    started.elapsed() < Duration::from_secs(5),
+                    "{} does not answer {want} for the watched plugin",
+                    host.base
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        println!(
+            "watched directory: {want} everywhere after {:?}",
+            started.elapsed()
+        );
+    }
 
     // A tenant's plugin count holds across instances: two uploads at once, through A and B,
     // for a tenant that may own one plugin; one is published, everywhere.
