@@ -23,9 +23,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- runtime: Debian slim, no toolchain, a user of its own ----
 FROM debian:bookworm-slim AS runtime
-# libgomp: llama.cpp's threads; ca-certificates: outbound HTTPS (granted origins, JWKS, OTLP).
+# What the binary links besides glibc (ldd): libgomp (llama.cpp's threads), libstdc++ and
+# libgcc_s (llama.cpp is C++; both are in the slim base already, named so they stay);
+# ca-certificates: outbound HTTPS (granted origins, JWKS, OTLP).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libgomp1 \
+ && apt-get install -y --no-install-recommends ca-certificates libgomp1 libstdc++6 libgcc-s1 \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home-dir /var/lib/infergate --create-home infergate \
  && mkdir -p /var/cache/infergate \

@@ -6,7 +6,8 @@
   mount paths, a termination grace longer than the host's shutdown grace plus its drain);
 - the Dockerfile is multi-stage, ends on Debian slim as a numeric non-root user, copies only
   from its own stages and only files the repository has or the build makes, and ships exactly
-  the models the ConfigMap's config names.
+  the models the ConfigMap's config names; `.dockerignore` keeps out build outputs but none of
+  the sources, lock files or models the build reads.
 
 The host itself parses the ConfigMap's config in a unit test of `host/server/src/config.rs`.
 Run: python3 -m pytest -q tests/deploy
@@ -206,3 +207,57 @@ def test_the_image_ships_exactly_the_models_the_config_names():
     named = {m["path"] for m in config()["models"]}
     assert named == shipped
     assert all(p.startswith(home + "/models/") for p in named)
+
+
+def dockerignored(path, patterns):
+    """Whether .dockerignore's patterns leave `path` (relative, with /) out of the build context:
+    Docker's rules (a pattern matches the path or a directory above it, `**` any number of
+    directories, a later `!pattern` takes a path back)."""
+
+    def regex(pattern):
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            elif pattern[i] == "*":
+                out, i = out + "[^/]*", i + 1
+            elif pattern[i] == "?":
+                out, i = out + "[^/]", i + 1
+            else:
+                out, i = out + re.escape(pattern[i]), i + 1
+        return re.compile(out + "(?:/.*)?")
+
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.removeprefix("!").strip("/")
+        if regex(pattern).fullmatch(path):
+            excluded = not negate
+    return excluded
+
+
+def test_the_build_context_holds_what_the_build_needs():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert dockerignored("target/dist/infergate", patterns)
+    assert dockerignored("plugins/sdk-js/node_modules/x.js", patterns)
+    # `cargo build --locked` and the host's build.rs (which builds the plugins workspace from
+    # plugins/, examples/ and wit/), the model tooling, and the one model the repository holds.
+    needed = [
+        "Cargo.toml", "Cargo.lock", ".cargo/config.toml", "plugins/Cargo.toml",
+        "plugins/Cargo.lock", "models/fetch.sh", "models/requirements.txt",
+        "models/digits/digits.onnx",
+    ]
+    for path in needed:
+        assert (ROOT / path).is_file(), path
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.split() if shutil.which("git") else []
+    sources = [p for p in tracked if p.split("/")[0] in ("host", "plugins", "examples", "wit")]
+    for path in needed + sources:
+        assert not dockerignored(path, patterns), f".dockerignore leaves out {path}"
