@@ -6,8 +6,9 @@
 # tooling, the embedding and chat models; for the tests, Chromium, componentize-py and the
 # JavaScript SDK's npm packages).
 # And: make bench   the benchmark suite (bench/run.sh; knobs and results: bench/RESULTS.md)
-#      make pgo     the build for deployment and for the benchmark: `dist` plus profile-guided
-#                   optimisation (bench/pgo.sh; needs wrk), at target/pgo/infergate
+#      make pgo     for deployments that can train it: `dist` plus profile-guided optimisation
+#                   trained on the benchmark's routes (bench/pgo.sh; needs wrk), at
+#                   target/pgo/infergate; `BENCH_PGO=1 make bench` measures it
 
 PYTHON ?= python3
 # ONNX Runtime for the optional backend and its tests: the library inside the PyPI wheel.

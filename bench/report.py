@@ -368,7 +368,10 @@ def table(out_dir):
         md.append("|---|---:|---:|")
         labels = {
             "noop_call": "instantiate + call the no-op plugin, one at a time",
+            "noop_call_warm": "the same on a warm instance (`reuse`)",
             "noop_call_16": "the same from 16 concurrent tasks (wall time per call)",
+            "host_path": "host overhead: the whole request path in process, no-op plugin, fresh instance",
+            "host_path_warm": "host overhead, warm instance (`reuse`)",
             "auth": "auth: API key from the config",
             "limit": "limit check: one per-key rate, in memory",
         }

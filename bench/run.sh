@@ -12,6 +12,8 @@
 #   digits  POST /digits/classify bench/requests/digits.json: infergate vs FastAPI
 #   embed   POST /embed/embeddings bench/requests/embed.json: infergate vs FastAPI, both on
 #           ONNX Runtime with the same model file
+#   digits-fresh, embed-fresh   the same two plugins with a fresh instance per request (the
+#           first-party plugins run on warm instances, as in the embedded default)
 #   hello-rs, hello-py, hello-js   POST /NAME/greet bench/requests/hello.json: the greeting of
 #           examples/hello in Rust, Python and JavaScript, a fresh instance per request, vs the
 #           same handler in FastAPI; NAME-warm: the same plugin with warm instances (reuse = 1000)
@@ -21,17 +23,17 @@
 #           1-stream decode tokens/s, aggregate tokens/s of 8 concurrent streams, time to first
 #           token p50/p99; BENCH_DURATION and BENCH_WARMUP do not apply (a short warm-up run).
 #
-# infergate is measured as built for deployment: bench/pgo.sh (link-time and profile-guided
-# optimisation, trained on these routes) at target/pgo/infergate.
+# infergate is measured as `make serve` builds it: the `dist` profile (release plus link-time
+# optimisation) at target/dist/infergate. BENCH_PGO=1 measures bench/pgo.sh's build instead
+# (profile-guided optimisation trained on these routes, at target/pgo/infergate).
 #
 # Knobs: BENCH_DURATION (10s), BENCH_WARMUP (5s), BENCH_RUNS (3), BENCH_CONNECTIONS (16),
-# BENCH_SCENARIOS ("noop digits embed embed1 hello-rs hello-rs-warm hello-py hello-py-warm
-# hello-js hello-js-warm gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD (unset;
-# 1 skips building infergate and the plugins), BENCH_PGO (1; 0 measures the `dist` profile's
-# build, link-time optimisation only, at target/dist/infergate), BENCH_PEER_PYTHON (the
-# interpreter of the peer's venv; /usr/bin/python3 where it exists); for gen: BENCH_GEN_SINGLE
-# (5 single-stream requests), BENCH_GEN_STREAMS (8), BENCH_GEN_ROUNDS (2 requests per stream),
-# BENCH_GEN_MAX_TOKENS (128).
+# BENCH_SCENARIOS ("noop digits digits-fresh embed embed-fresh embed1 hello-rs hello-rs-warm
+# hello-py hello-py-warm hello-js hello-js-warm gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD
+# (unset; 1 skips building infergate and the plugins), BENCH_PGO (0; 1 measures the
+# profile-guided build), BENCH_PEER_PYTHON (the interpreter of the peer's venv; /usr/bin/python3
+# where it exists); for gen: BENCH_GEN_SINGLE (5 single-stream requests), BENCH_GEN_STREAMS (8),
+# BENCH_GEN_ROUNDS (2 requests per stream), BENCH_GEN_MAX_TOKENS (128).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +43,7 @@ DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-5s}"
 RUNS="${BENCH_RUNS:-3}"
 CONNECTIONS="${BENCH_CONNECTIONS:-16}"
-SCENARIOS="${BENCH_SCENARIOS:-noop digits embed embed1 hello-rs hello-rs-warm hello-py hello-py-warm hello-js hello-js-warm gen}"
+SCENARIOS="${BENCH_SCENARIOS:-noop digits digits-fresh embed embed-fresh embed1 hello-rs hello-rs-warm hello-py hello-py-warm hello-js hello-js-warm gen}"
 WRK_THREADS="${BENCH_WRK_THREADS:-2}"
 GEN_SINGLE="${BENCH_GEN_SINGLE:-5}"
 GEN_STREAMS="${BENCH_GEN_STREAMS:-8}"
@@ -59,7 +61,7 @@ WASMTIME_VERSION=48.0.8
 VENV="$ROOT/bench/.venv"
 TOOLS="$ROOT/bench/.tools"
 WASMTIME="$TOOLS/bin/wasmtime"
-PGO="${BENCH_PGO:-1}"
+PGO="${BENCH_PGO:-0}"
 if [[ "$PGO" == 1 ]]; then
     INFERGATE="$ROOT/target/pgo/infergate"
     EXAMPLES="$ROOT/target/pgo/examples"
@@ -314,33 +316,36 @@ gen_scenario() {
 
 scenario() {
     local scenario="$1" base="${1%1}" connections="$CONNECTIONS" path body systems
+    # A `-fresh` scenario's infergate mount; the peer serves the same route at its plain name.
+    local mount="${base%-fresh}"
     if [[ "$scenario" == gen ]]; then gen_scenario; return; fi
     [[ "$scenario" == *1 ]] && connections=1
     case "$base" in
     noop) systems=(infergate wasmtime-serve) path=/noop/ping body="" ;;
-    digits) systems=(infergate fastapi) path=/digits/classify body=bench/requests/digits.json ;;
-    embed) systems=(infergate fastapi) path=/embed/embeddings body=bench/requests/embed.json ;;
+    digits | digits-fresh) systems=(infergate fastapi) path=/digits/classify body=bench/requests/digits.json ;;
+    embed | embed-fresh) systems=(infergate fastapi) path=/embed/embeddings body=bench/requests/embed.json ;;
     hello-rs | hello-rs-warm | hello-py | hello-py-warm | hello-js | hello-js-warm)
         systems=(infergate fastapi) path="/$base/greet" body=bench/requests/hello.json ;;
     *) log "unknown scenario $scenario"; exit 1 ;;
     esac
     log "scenario $scenario ($connections connections; load: $(cut -d' ' -f1-3 /proc/loadavg))"
     local system responses=() run
+    path_of() { if [[ "$1" == infergate ]]; then echo "${path/#\/$mount\//\/$base\/}"; else echo "$path"; fi; }
     for system in "${systems[@]}"; do
         start "$system"
         local response="$RAW/$scenario.$system.response"
         local args=(-s -H "X-API-Key: $API_KEY" -o "$response.body" -w '%{http_code}')
         [[ -n "$body" ]] && args+=(-H 'Content-Type: application/json' --data-binary "@$body")
-        { curl "${args[@]}" "$(url_of "$system")$path"; echo; cat "$response.body"; } >"$response"
+        { curl "${args[@]}" "$(url_of "$system")$(path_of "$system")"; echo; cat "$response.body"; } >"$response"
         responses+=("$response")
     done
     "$PYTHON" bench/report.py agree "$scenario" "${responses[@]}" | tee -a "$OUT/agree.txt" >&2
     for system in "${systems[@]}"; do
-        drive "$scenario" "$system" warmup "$connections" "$WARMUP" "$path" "$body"
+        drive "$scenario" "$system" warmup "$connections" "$WARMUP" "$(path_of "$system")" "$body"
     done
     for run in $(seq 1 "$RUNS"); do
         for system in "${systems[@]}"; do
-            drive "$scenario" "$system" "$run" "$connections" "$DURATION" "$path" "$body"
+            drive "$scenario" "$system" "$run" "$connections" "$DURATION" "$(path_of "$system")" "$body"
             log "  $system run $run: $(tail -n1 "$OUT/runs.jsonl" | "$PYTHON" bench/report.py show)"
         done
     done

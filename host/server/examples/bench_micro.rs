@@ -5,7 +5,10 @@
 //!   (`reuse`);
 //! - the auth check of a config API key (`Auth::authenticate_credential`) and the limit check of
 //!   the benchmark's rule (`Quotas::admit`, one per-key rate in memory), what every request pays
-//!   before its plugin runs. `auth_bench` and `limits_bench` break these down further.
+//!   before its plugin runs. `auth_bench` and `limits_bench` break these down further;
+//! - the host's whole overhead per request: `GET /noop/ping` through the app `infergate serve`
+//!   runs (`infergate::app`: every layer, the route, the API key, the limit, the instance, the
+//!   call, the response), called in process without a socket; with a fresh instance and warm.
 //!
 //! `cargo build --release --workspace --examples && target/release/examples/bench_micro [NOOP.wasm]`
 //! (default: the noop.wasm built by host/server/build.rs)
@@ -18,12 +21,14 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderMap, Method};
+use http_body_util::BodyExt as _;
 use infergate::auth::Auth;
 use infergate::config::Config;
 use infergate::quota::{Quotas, Subject};
 use infergate_runtime::{
     Limits, ModelTable, Plugin, PluginRequest, PluginSpec, RequestContext, Runtime, RuntimeOptions,
 };
+use tower::ServiceExt as _;
 
 const KEY: &str = "bench-key-0123456789abcdef";
 
@@ -152,18 +157,45 @@ async fn main() -> anyhow::Result<()> {
         1.0 / runs[2].as_secs_f64()
     );
 
-    // Auth and limits, as bench/infergate.toml configures them.
+    // Auth and limits, as bench/infergate.toml configures them, and the no-op plugin with a
+    // fresh instance per request and with warm instances.
     let dir = std::env::temp_dir().join(format!("infergate-bench-micro-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = Config::parse(
         &format!(
-            "[auth]\ndatabase = \"{}\"\napi_keys = [{{ id = \"bench\", key = \"{KEY}\", tenant = \"bench\" }}]\n\
-             [limits]\nstore = \"memory\"\n[[limits.rules]]\nper = \"key\"\nlimit = \"100000000/minute\"\n",
-            dir.join("auth.db").display()
+            "cache_dir = \"{dir}/cache\"\n\
+             [auth]\ndatabase = \"{dir}/auth.db\"\napi_keys = [{{ id = \"bench\", key = \"{KEY}\", tenant = \"bench\" }}]\n\
+             [limits]\nstore = \"memory\"\n[[limits.rules]]\nper = \"key\"\nlimit = \"100000000/minute\"\n\
+             [[plugins]]\nname = \"noop\"\npath = \"{path}\"\n\
+             [[plugins]]\nname = \"noop-warm\"\npath = \"{path}\"\nreuse = 1000\n",
+            dir = dir.display()
         ),
         &dir,
     )?;
     let auth = Auth::new(&config.auth, None).await?;
+    let (app, registry) = infergate::app(&config, auth.clone())?;
+    infergate::start(&config, &registry, 0).await?;
+    registry.set_ready();
+    let app = &app;
+    let get = |path: &'static str| async move {
+        let request = axum::http::Request::get(path)
+            .header("x-api-key", KEY)
+            .body(axum::body::Body::empty())
+            .expect("a valid request");
+        let response = app.clone().oneshot(request).await.expect("infallible");
+        assert_eq!(response.status(), 200, "{path}");
+        response.into_body().collect().await.expect("the body");
+    };
+    print(
+        "host_path",
+        time(20_000, || get("/noop/ping")).await,
+        "the whole request path in process (layers, route, API key, limit, fresh instance, call, response)",
+    );
+    print(
+        "host_path_warm",
+        time(20_000, || get("/noop-warm/ping")).await,
+        "the same with `reuse = 1000`: a warm instance",
+    );
     let auth = &*auth;
     print(
         "auth",

@@ -294,6 +294,26 @@ mod tests {
             .collect();
         assert!(builtins.iter().all(|b| crate::builtin::NAMES.contains(b)));
         assert_eq!(builtins.len(), config.plugins.len());
+        assert!(config.plugins.iter().all(|p| p.reuse == Some(1000)));
+    }
+
+    /// The embedded default serves its first-party plugins (stateless, trusted) on warm
+    /// instances, as `make serve` ships it; the benchmark measures the same setting.
+    #[test]
+    fn the_embedded_default_runs_the_first_party_plugins_warm() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let config = Config::parse(EMBEDDED_DEFAULT, &root).unwrap();
+        assert!(!config.plugins.is_empty());
+        for plugin in &config.plugins {
+            assert!(plugin.builtin.is_some(), "{}", plugin.name);
+            assert_eq!(plugin.reuse, Some(1000), "{}", plugin.name);
+        }
+        let bench = std::fs::read_to_string(root.join("bench/infergate.toml")).unwrap();
+        let bench = Config::parse(&bench, &root.join("bench")).unwrap();
+        for name in ["digits", "embed", "openai"] {
+            let plugin = bench.plugins.iter().find(|p| p.name == name).unwrap();
+            assert_eq!(plugin.reuse, Some(1000), "bench/infergate.toml: {name}");
+        }
     }
 
     /// A config in a relative directory naming `../data/keys.db` still opens its file.

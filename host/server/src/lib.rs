@@ -74,35 +74,15 @@ pub async fn run(
     auth: Arc<auth::Auth>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
-    quotas.start();
-    let state = AppState::new(state::Parts {
-        registry: Arc::new(Registry::default()),
-        auth,
-        admin_key: Arc::new(auth::operator::AdminKey::new(config.admin.key.as_deref())),
-        metrics_access: Arc::new(auth::operator::MetricsAccess::new(
-            config.admin.public_metrics,
-            config.admin.key.as_deref(),
-            config.admin.metrics_key.as_deref(),
-        )),
-        quotas,
-        metrics: Arc::new(telemetry::Metrics::default()),
-        tenant_plugins: Arc::new(config.tenant_plugins.clone()),
-    });
-    let limits = http::AppConfig {
-        max_upload_bytes: config.admin.max_upload_bytes,
-        tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,
-        max_auth_failures_per_minute: config.auth.max_failures_per_minute,
-        cors: config.cors.layer()?,
-    };
-    let overload = pipeline::overload::Overload::new(&config.server);
+    let (app, registry) = app(&config, auth)?;
     let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
     let drain = std::time::Duration::from_millis(config.server.drain_timeout_ms);
     let port = listener.local_addr()?.port();
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<anyhow::Error>();
     let (cluster_tx, mut cluster_rx) = tokio::sync::oneshot::channel::<Arc<registry::Cluster>>();
-    let registry = state.registry.clone();
+    let loading = registry.clone();
     tokio::spawn(async move {
+        let registry = loading;
         match start(&config, &registry, port).await {
             Ok((watcher, cluster)) => {
                 registry.set_ready();
@@ -121,9 +101,7 @@ pub async fn run(
         }
     });
 
-    let registry = state.registry.clone();
-    let app = crate::http::app(state, overload, &limits)
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
     let (closed_tx, mut closed_rx) = tokio::sync::watch::channel(false);
     let close = async move {
         shutdown.await;
@@ -160,9 +138,42 @@ pub async fn run(
     done
 }
 
+/// The app [`run`] serves for `config`: the state every handler reaches, the host's endpoints
+/// and the plugin routes inside their layers; and its registry, empty (every plugin route 503
+/// `not_ready`) until [`start`] has loaded it and it is set ready.
+pub fn app(
+    config: &Config,
+    auth: Arc<auth::Auth>,
+) -> anyhow::Result<(axum::Router, Arc<Registry>)> {
+    let quotas = Arc::new(quota::Quotas::new(&config.limits).context("in [limits]")?);
+    quotas.start();
+    let state = AppState::new(state::Parts {
+        registry: Arc::new(Registry::default()),
+        auth,
+        admin_key: Arc::new(auth::operator::AdminKey::new(config.admin.key.as_deref())),
+        metrics_access: Arc::new(auth::operator::MetricsAccess::new(
+            config.admin.public_metrics,
+            config.admin.key.as_deref(),
+            config.admin.metrics_key.as_deref(),
+        )),
+        quotas,
+        metrics: Arc::new(telemetry::Metrics::default()),
+        tenant_plugins: Arc::new(config.tenant_plugins.clone()),
+    });
+    let limits = http::AppConfig {
+        max_upload_bytes: config.admin.max_upload_bytes,
+        tenant_max_upload_bytes: config.tenant_plugins.max_upload_bytes,
+        max_auth_failures_per_minute: config.auth.max_failures_per_minute,
+        cors: config.cors.layer()?,
+    };
+    let overload = pipeline::overload::Overload::new(&config.server);
+    let registry = state.registry.clone();
+    Ok((crate::http::app(state, overload, &limits), registry))
+}
+
 /// Loads models, the runtime and every plugin of the config, what the cluster's record holds
-/// and the watched directory's plugins.
-async fn start(
+/// and the watched directory's plugins (`port`: this instance's, for the cluster's record).
+pub async fn start(
     config: &Config,
     registry: &Registry,
     port: u16,
