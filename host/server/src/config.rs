@@ -308,11 +308,21 @@ mod tests {
             assert!(plugin.builtin.is_some(), "{}", plugin.name);
             assert_eq!(plugin.reuse, Some(1000), "{}", plugin.name);
         }
+        // The benchmark's config names components built later in the run (the polyglot
+        // plugins), so it is read as TOML rather than loaded.
         let bench = std::fs::read_to_string(root.join("bench/infergate.toml")).unwrap();
-        let bench = Config::parse(&bench, &root.join("bench")).unwrap();
+        let bench: toml::Table = toml::from_str(&bench).unwrap();
+        let plugins = bench["plugins"].as_array().unwrap();
         for name in ["digits", "embed", "openai"] {
-            let plugin = bench.plugins.iter().find(|p| p.name == name).unwrap();
-            assert_eq!(plugin.reuse, Some(1000), "bench/infergate.toml: {name}");
+            let plugin = plugins
+                .iter()
+                .find(|p| p["name"].as_str() == Some(name))
+                .unwrap();
+            assert_eq!(
+                plugin.get("reuse").and_then(|r| r.as_integer()),
+                Some(1000),
+                "bench/infergate.toml: {name}"
+            );
         }
     }
 
