@@ -24,6 +24,8 @@ PEERS = {"noop": "wasmtime-serve", "digits": "fastapi", "embed": "fastapi", "gen
 HELLOS = ["hello-rs", "hello-py", "hello-js"]
 for _h in HELLOS:
     PEERS[_h] = PEERS[f"{_h}-warm"] = "fastapi"
+# The first-party plugins with a fresh instance per request, against the same peer.
+PEERS["digits-fresh"] = PEERS["embed-fresh"] = "fastapi"
 # The targets: (minimum throughput ratio infergate/peer, p99 must be lower), met only when every
 # run's ratio (run i of infergate against run i of its peer, measured one after the other)
 # reaches the minimum, not only the median's.
@@ -115,7 +117,7 @@ def read_response(path):
 
 
 def agree(scenario, *paths):
-    base = scenario.rstrip("1")
+    base = scenario.rstrip("1").removesuffix("-fresh")
     answers = {}
     for path in paths:
         status, body = read_response(path)
