@@ -55,10 +55,14 @@ pub fn init(format: Format) -> anyhow::Result<()> {
             lines.with_ansi(colour).fmt_fields(escaped_fields()).boxed()
         }
     };
-    tracing_subscriber::registry()
-        .with(lines.with_filter(filter))
-        .with(super::trace::layer()?)
-        .try_init()?;
+    let registry = tracing_subscriber::registry().with(lines.with_filter(filter));
+    // Without an exporter there is no trace layer at all: an absent `Option` layer counts as
+    // interested in every span, so the request's spans (auth, admission, plugin) would be
+    // made and kept in the registry on every request for nobody.
+    match super::trace::layer()? {
+        Some(trace) => registry.with(trace).try_init()?,
+        None => registry.try_init()?,
+    }
     Ok(())
 }
 
