@@ -315,6 +315,26 @@ async fn a_plugin_answers_only_with_final_statuses() {
     digits_ok(&c, &host.base).await;
 }
 
+/// `host.respond` (the one-call answer of interpreted plugins) refuses what `wasi:http` would:
+/// a bad status, a header that is not HTTP, a header the host sets, and a second answer.
+#[tokio::test]
+async fn a_plugin_answers_once_through_host_respond() {
+    let host = shared();
+    let c = client();
+    let r = c.get(host.url("/hostile/respond")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.unwrap();
+    let refused = body["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 4, "{body}");
+    for (reason, wanted) in refused
+        .iter()
+        .zip(["status", "name", "value", "host's to set"])
+    {
+        assert!(reason.as_str().unwrap().contains(wanted), "{body}");
+    }
+    digits_ok(&c, &host.base).await;
+}
+
 /// What a plugin logs cannot pass for the host's own lines: in text logs its message and fields
 /// are escaped (no line breaks, no escape sequences), in JSON logs they are strings of one
 /// event; and a log that is not a terminal carries no colour codes.

@@ -400,12 +400,12 @@ impl Plugin {
         state.budget = request.budget;
 
         let mut builder = http::Request::builder()
-            .method(request.method)
+            .method(request.method.clone())
             .uri(format!("http://localhost{}", request.path_and_query));
         if let Some(headers) = builder.headers_mut() {
-            *headers = request.headers;
+            *headers = request.headers.clone();
         }
-        let body = Full::new(request.body).map_err(|never| -> ErrorCode { match never {} });
+        let body = Full::new(request.body.clone()).map_err(|never| -> ErrorCode { match never {} });
         let hyper_request = builder
             .body(body)
             .map_err(|e| InvokeError::Trap(format!("building the request: {e}")))?;
@@ -421,6 +421,14 @@ impl Plugin {
             .http()
             .new_response_outparam(sender)
             .map_err(setup)?;
+        // The same request and response slot, for `host.read-request` and `host.respond`.
+        store.data_mut().exchange = crate::host_api::Exchange {
+            method: request.method,
+            path_and_query: request.path_and_query,
+            headers: request.headers,
+            body: request.body,
+            outparam: Some(out.rep()),
+        };
 
         let limit = self.limits.max_response_bytes;
         if !streaming {

@@ -110,6 +110,9 @@ pub struct PluginState {
     pub llm: crate::llm_host::LlmState,
     /// Charges token budgets before a generation; `None` when no token budget applies.
     pub budget: Option<std::sync::Arc<dyn TokenBudget>>,
+    /// The request being served, whole, and its unanswered response slot, for
+    /// `infergate:plugin/host.read-request` and `respond`.
+    pub exchange: crate::host_api::Exchange,
 }
 
 impl PluginState {
@@ -143,6 +146,7 @@ impl PluginState {
             variables: Default::default(),
             llm: Default::default(),
             budget: None,
+            exchange: Default::default(),
         }
     }
 }

@@ -1,15 +1,25 @@
 // The wasi:http side: reading an incoming request (method, path, query, headers, body), asking
-// the router for the response, and writing it back over the output stream; plus the host
-// services (`infergate:plugin/host`) a request's `Ctx` uses. Uses the world's interfaces (`#wit`):
-// runs only inside the component.
+// the router for the response, and writing it back; plus the host services
+// (`infergate:plugin/host`) a request's `Ctx` uses. Uses the world's interfaces (`#wit`): runs
+// only inside the component.
 //
-// Stream rules followed here (as in the Rust SDK): the whole body is read with `blocking-read`
-// until `closed` (or until `content-length` bytes are in); the response is handed to
-// `response-outparam.set` *before* its body is written (the host reads the body as it
-// streams); body bytes go out through `blocking-write-and-flush` in chunks of at most 4096
-// bytes, one or more calls per streamed chunk, then `outgoing-body.finish`.
+// The request is read whole with `host.read-request`, and a whole response is sent with
+// `host.respond`: one host call each, where `wasi:http`'s resources take about twenty. A streamed
+// response goes through `wasi:http` (as in the Rust SDK): it is handed to `response-outparam.set`
+// *before* its body is written (the host reads the body as it streams), and its bytes go out
+// through `blocking-write-and-flush` in chunks of at most 4096 bytes, one or more calls per
+// streamed chunk, then `outgoing-body.finish`.
 
-import { Fields, OutgoingBody, OutgoingResponse, ResponseOutparam, hostContext, hostLog, hostReportUsage } from '#wit';
+import {
+  Fields,
+  OutgoingBody,
+  OutgoingResponse,
+  ResponseOutparam,
+  hostLog,
+  hostReadRequest,
+  hostReportUsage,
+  hostRespond,
+} from '#wit';
 
 import { HttpError, isOutOfMemory } from './errors.js';
 import { errorResponse } from './router.js';
@@ -17,8 +27,6 @@ import { utf8 } from './response.js';
 
 /** The most `blocking-write-and-flush` accepts in one call. */
 const WRITE_CHUNK = 4096;
-/** How much one `blocking-read` asks for. */
-const READ_CHUNK = 64 * 1024;
 /** How the bindings name a resource's destructor. */
 export const dispose = Symbol.dispose ?? Symbol.for('dispose');
 
@@ -47,15 +55,17 @@ function count(n) {
  * @returns {void | Promise<void>}
  */
 export function handle(router, incoming, outparam) {
-  const host = hostContext();
+  incoming[dispose]();
+  const wire = hostReadRequest();
+  const host = wire.context;
   let response;
   try {
-    response = router.respond(host, readRequest(incoming), services);
+    response = router.respond(host, readRequest(wire), services);
   } catch (err) {
     response = errorResponse(err, host.requestId, logError);
   }
-  if (response instanceof Promise) return response.then((r) => send(r, outparam, host.requestId));
-  send(response, outparam, host.requestId);
+  if (response instanceof Promise) return response.then((r) => answer(r, outparam, host.requestId));
+  answer(response, outparam, host.requestId);
 }
 
 /** @param {string} message */
@@ -64,70 +74,49 @@ function logError(message) {
 }
 
 /**
- * @param {any} incoming
+ * The request as the router takes it.
+ * @param {any} wire what `host.read-request` returned
  * @returns {import('./ctx.js').WireRequest}
  */
-function readRequest(incoming) {
-  const method = methodName(incoming.method());
-  const pathWithQuery = incoming.pathWithQuery() ?? '/';
+function readRequest(wire) {
+  const pathWithQuery = wire.pathWithQuery || '/';
   const q = pathWithQuery.indexOf('?');
   const path = q < 0 ? pathWithQuery : pathWithQuery.slice(0, q);
   const query = q < 0 ? undefined : pathWithQuery.slice(q + 1);
-  const fields = incoming.headers();
   /** @type {Array<[string, string]>} */
-  const headers = fields.entries().map(([name, value]) => [name.toLowerCase(), latin1.decode(value)]);
-  fields[dispose]();
-  const lengthHeader = headers.find(([name]) => name === 'content-length')?.[1];
-  const length = lengthHeader !== undefined && /^\s*\d+\s*$/.test(lengthHeader) ? Number(lengthHeader) : undefined;
-  const body = readBody(incoming, length);
-  incoming[dispose]();
-  return { method, path, query, headers, body };
+  const headers = wire.headers.map(([name, value]) => [name, latin1.decode(value)]);
+  return { method: wire.method, path, query, headers, body: wire.body };
 }
 
 /**
- * Reads the whole body; with its `content-length` known, stops once that many bytes are in
- * instead of asking once more for the end of the stream.
- * @param {any} incoming
- * @param {number | undefined} length
- * @returns {Uint8Array}
+ * Answers: a whole body in one host call, a streamed one through `wasi:http`.
+ * @param {import('./response.js').WireResponse} response
+ * @param {any} outparam
+ * @param {string} requestId
  */
-function readBody(incoming, length) {
-  const failed = (what) => HttpError.badRequest(`cannot read the request body: ${what}`);
-  let body;
-  let stream;
+function answer(response, outparam, requestId) {
+  if (response.chunks) {
+    send(response, outparam, requestId);
+    return;
+  }
   try {
-    body = incoming.consume();
-    stream = body.stream();
-  } catch {
-    throw failed('no body stream');
+    respond(response);
+  } catch (err) {
+    const detail = err?.payload ?? err?.message ?? String(err);
+    const error = HttpError.internal(`the plugin made an invalid response (status ${response.status}): ${detail}`);
+    logError(error.message);
+    respond(errorResponse(error, requestId, logError));
   }
-  const parts = [];
-  let total = 0;
-  try {
-    while (length === undefined || total < length) {
-      let chunk;
-      try {
-        chunk = stream.blockingRead(READ_CHUNK);
-      } catch (err) {
-        if (err?.payload?.tag === 'closed') break;
-        throw failed(streamErrorText(err));
-      }
-      parts.push(chunk);
-      total += chunk.length;
-    }
-  } finally {
-    // The stream is a child of the body: drop it first.
-    stream[dispose]();
-    body[dispose]();
-  }
-  if (parts.length === 1) return parts[0];
-  const bytes = new Uint8Array(total);
-  let offset = 0;
-  for (const part of parts) {
-    bytes.set(part, offset);
-    offset += part.length;
-  }
-  return bytes;
+  outparam[dispose]();
+}
+
+/** @param {import('./response.js').WireResponse} response */
+function respond(response) {
+  hostRespond(
+    response.status,
+    response.headers.map(([name, value]) => [name, utf8(value)]),
+    response.body,
+  );
 }
 
 /**
@@ -198,22 +187,4 @@ function write(stream, bytes) {
   for (let offset = 0; offset < bytes.length; offset += WRITE_CHUNK) {
     stream.blockingWriteAndFlush(bytes.subarray(offset, offset + WRITE_CHUNK));
   }
-}
-
-/** @param {any} err a thrown `stream-error` */
-function streamErrorText(err) {
-  const payload = err?.payload;
-  if (payload?.tag === 'last-operation-failed') {
-    try {
-      return payload.val.toDebugString();
-    } catch {
-      return 'the last operation failed';
-    }
-  }
-  return String(err);
-}
-
-/** @param {{ tag: string, val?: string }} method */
-function methodName(method) {
-  return method.tag === 'other' ? String(method.val).toUpperCase() : method.tag.toUpperCase();
 }

@@ -8,9 +8,10 @@ function unavailable(name) {
   };
 }
 
-export const hostContext = unavailable('infergate:plugin/host.context');
 export const hostLog = unavailable('infergate:plugin/host.log');
+export const hostReadRequest = unavailable('infergate:plugin/host.read-request');
 export const hostReportUsage = unavailable('infergate:plugin/host.report-usage');
+export const hostRespond = unavailable('infergate:plugin/host.respond');
 export const llmModels = unavailable('infergate:plugin/llm.models');
 export const llmStart = unavailable('infergate:plugin/llm.start');
 export const configGet = unavailable('wasi:config/store.get');

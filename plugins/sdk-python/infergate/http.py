@@ -2,11 +2,11 @@
 to the plugin, and writing the `Response` back over the output stream; plus the two classes
 the component exports.
 
-Stream rules followed here (as in the Rust SDK): the whole body is read with `blocking-read`
-until the stream is closed (or until `content-length` bytes are in); the response is handed to
-`response-outparam.set` *before* its body is written (the host reads the body as it streams);
-body bytes go out through `blocking-write-and-flush` in chunks of at most 4096 bytes, then
-`outgoing-body.finish`. A streamed body is flushed after every chunk its iterator yields.
+The request is read whole with `host.read-request`, and a whole response is sent with
+`host.respond`: one host call each. A streamed response goes through `wasi:http` (as in the
+Rust SDK): it is handed to `response-outparam.set` *before* its body is written (the host reads
+the body as it streams), its chunks go out through `blocking-write-and-flush` in pieces of at
+most 4096 bytes, each flushed as its iterator yields it, then `outgoing-body.finish`.
 """
 
 from __future__ import annotations
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 
 #: The most `blocking-write-and-flush` accepts in one call.
 WRITE_CHUNK = 4096
-#: How much one `blocking-read` asks for.
-READ_CHUNK = 64 * 1024
 
 
 class ClientGone(Exception):
@@ -33,13 +31,17 @@ class ClientGone(Exception):
 
 
 def handle(plugin: Plugin, incoming: Any, response_out: Any) -> None:
-    """Serves one request: the body of `wasi:http/incoming-handler.handle`."""
+    """Serves one request: the body of `wasi:http/incoming-handler.handle`.
+
+    The request comes whole from `host.read-request` and a whole response goes back through
+    `host.respond`: two host calls, where reading and writing through `wasi:http`'s resources
+    takes about twenty (each one dear from Python). Only a streamed body uses the outparam."""
     w = bindings()
-    context = w.host.context()
-    method = _method_name(incoming.method())
-    path, _, query = (incoming.path_with_query() or "/").partition("?")
-    with incoming.headers() as fields:
-        headers = fields.entries()
+    incoming.__exit__(None, None, None)
+    request = w.host.read_request()
+    context = request.context
+    path, _, query = request.path_with_query.partition("?")
+    headers = request.headers
     ctx = Ctx(
         request_id=context.request_id,
         tenant=context.tenant,
@@ -48,61 +50,32 @@ def handle(plugin: Plugin, incoming: Any, response_out: Any) -> None:
         claims=dict(context.claims),
         route=context.route,
         params=dict(context.params),
-        method=method,
+        method=request.method,
         path=path,
         query_string=query or None,
         headers=headers,
     )
-    try:
-        body = _read_body(incoming, _content_length(headers))
-    except HttpError as err:
-        response = Response.error(err, ctx.request_id)
+    response = plugin.serve(ctx, Request(request.method, path, query or None, headers, request.body))
+    if isinstance(response.body, (bytes, bytearray)):
+        _respond(response, ctx)
+        response_out.__exit__(None, None, None)
     else:
-        incoming.__exit__(None, None, None)
-        response = plugin.serve(ctx, Request(method, path, query or None, headers, body))
-    _send(response, response_out, ctx)
+        _send(response, response_out, ctx)
 
 
-def _content_length(headers: list[tuple[str, bytes]]) -> int | None:
-    for name, value in headers:
-        if name.lower() == "content-length":
-            try:
-                return int(value.decode().strip())
-            except ValueError:
-                return None
-    return None
-
-
-def _read_body(incoming: Any, length: int | None) -> bytes:
-    """Reads the whole body; with its `content-length` known, stops once that many bytes
-    are in instead of asking once more for the end of the stream."""
+def _respond(response: Response, ctx: Ctx) -> None:
+    """Answers with a whole body in one host call; an invalid status or header becomes the
+    product's internal error."""
     w = bindings()
-
-    def failed(what: str) -> HttpError:
-        return HttpError.bad_request(f"cannot read the request body: {what}")
-
     try:
-        body = incoming.consume()
-    except w.types.Err:
-        raise failed("body already consumed") from None
-    chunks: list[bytes] = []
-    received = 0
-    with body:
-        try:
-            stream = body.stream()
-        except w.types.Err:
-            raise failed("no body stream") from None
-        with stream:
-            while received != length:
-                try:
-                    chunk = stream.blocking_read(READ_CHUNK)
-                except w.types.Err as err:
-                    if isinstance(err.value, w.streams.StreamError_Closed):
-                        break
-                    raise failed(err.value.value.to_debug_string()) from None
-                chunks.append(chunk)
-                received += len(chunk)
-    return b"".join(chunks)
+        w.host.respond(response.status, response.headers, bytes(response.body))
+    except w.types.Err as err:
+        failure = HttpError.internal(f"invalid response: {err.value}")
+        w.host.respond(*_whole(Response.error(failure, ctx.request_id)))
+
+
+def _whole(response: Response) -> tuple[int, list[tuple[str, bytes]], bytes]:
+    return response.status, response.headers, bytes(response.body)  # type: ignore[arg-type]
 
 
 def _send(response: Response, response_out: Any, ctx: Ctx) -> None:
@@ -168,14 +141,6 @@ def _write(stream: Any, data: bytes) -> None:
             stream.blocking_write_and_flush(data[start : start + WRITE_CHUNK])
         except w.types.Err:
             raise ClientGone() from None
-
-
-def _method_name(method: Any) -> str:
-    """`GET` for `Method_Get`, the text of `Method_Other`."""
-    name = type(method).__name__
-    if name == "Method_Other":
-        return str(method.value).upper()
-    return name.removeprefix("Method_").upper()
 
 
 def export_classes(plugin: Plugin) -> tuple[type, type]:
