@@ -359,7 +359,10 @@ impl Plugin {
     pub async fn handle(&self, request: PluginRequest) -> Result<PluginResponse, InvokeError> {
         let wall = self.limits.wall_time();
         let deadline = tokio::time::Instant::now() + wall;
-        tokio::time::timeout_at(deadline, self.handle_inner(request, deadline))
+        // Boxed, as the guest's run inside it: each async fn that awaits a future holds it in
+        // its own state (and copies it when moved), so large futures are boxed where they
+        // start instead of growing every caller's (the request path's box was 15 KB).
+        tokio::time::timeout_at(deadline, Box::pin(self.handle_inner(request, deadline)))
             .await
             .unwrap_or(Err(InvokeError::WallTimeout(wall)))
     }
@@ -434,7 +437,9 @@ impl Plugin {
         if !streaming {
             // The instance may serve again if the plugin opted in.
             let keep = tenant.is_some();
-            let guest = run_guest(self.pre.clone(), store, instance, keep, req, out);
+            // Boxed: wasmtime's instantiate and call futures are large, and every async fn
+            // that awaits this one would otherwise carry them (and copy them when boxed).
+            let guest = Box::pin(run_guest(self.pre.clone(), store, instance, keep, req, out));
             return self
                 .call_inline(guest, receiver, limit, started, tenant)
                 .await;

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::pipeline::admission::HostAdmission;
 use crate::pipeline::failures::Failures;
 use crate::pipeline::overload::Overload;
-use crate::pipeline::{admission, failures, metrics, overload, plugin, request_id, trace};
+use crate::pipeline::{self, admission, metrics, plugin};
 use crate::quota::Quotas;
 use crate::registry::{Mounted, Registry};
 use crate::state::AppState;
@@ -59,26 +59,25 @@ pub fn app(state: AppState, overload: Overload, limits: &AppConfig) -> Router {
             admission::admit,
         ))
         .route_layer(middleware::from_fn(metrics::label_host_route));
-    let failures = Failures::new(limits.max_auth_failures_per_minute, state.quotas.clone());
+    let gate = pipeline::Gate {
+        overload,
+        failures: Failures::new(limits.max_auth_failures_per_minute, state.quotas.clone()),
+    };
+    let front = pipeline::Front {
+        metrics: state.metrics.clone(),
+        tracing: crate::telemetry::trace::enabled(),
+    };
     host.fallback(plugin::serve)
         .with_state(state.clone())
         .layer(middleware::from_fn_with_state(
-            Arc::new(failures),
-            failures::throttle,
-        ))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(overload),
-            overload::guard,
+            Arc::new(gate),
+            pipeline::gate,
         ))
         .layer(tower::util::option_layer(limits.cors.clone()))
         .layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
-            metrics::record,
+            Arc::new(front),
+            pipeline::front,
         ))
-        .layer(tower::util::option_layer(
-            crate::telemetry::trace::enabled().then(|| middleware::from_fn(trace::request)),
-        ))
-        .layer(middleware::from_fn(request_id::request_id))
 }
 
 async fn healthz() -> impl IntoResponse {

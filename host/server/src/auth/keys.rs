@@ -222,7 +222,8 @@ impl KeyStore {
         if let Some(hit) = self.keys.get(id).await {
             return Ok(hit);
         }
-        let found = self.load_key(id).await?.map(Arc::new);
+        // Boxed, as the query below: a cache hit's future need not carry a query's.
+        let found = Box::pin(self.load_key(id)).await?.map(Arc::new);
         self.keys.insert(id.to_string(), found.clone()).await;
         Ok(found)
     }
@@ -243,11 +244,12 @@ impl KeyStore {
         if let Some(hit) = self.tenants.get(id).await {
             return Ok(hit);
         }
-        let row =
+        let row = Box::pin(
             sqlx::query("SELECT id, priority, limits, created_at FROM ig_tenants WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.db.pool)
-                .await?;
+                .fetch_optional(&self.db.pool),
+        )
+        .await?;
         let found = row.as_ref().map(tenant_row).transpose()?.map(Arc::new);
         self.tenants.insert(id.to_string(), found.clone()).await;
         Ok(found)

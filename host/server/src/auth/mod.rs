@@ -178,19 +178,25 @@ impl Auth {
             return Err(ApiError::unauthorized("the credential is too long"));
         }
         if looks_like_jwt(credential) {
-            let issuer = jwt::unverified_issuer(credential)
-                .ok_or_else(|| ApiError::unauthorized("the token is malformed"))?;
-            if issuer == self.oauth.issuer() {
-                let token = self.oauth.verify(credential).await?;
-                let mut principal = self.key_principal(&token.key_id).await?;
-                // A token carries at most its key's scopes, fixed when it was issued.
-                principal.scopes = token.scopes;
-                return Ok(principal);
-            }
-            let principal = self.jwt.verify(credential, &issuer).await?;
-            return self.with_tenant(principal).await;
+            // Boxed: an API key's future need not carry a token's (JWKS fetches, the database).
+            return Box::pin(self.token(credential)).await;
         }
         self.api_key(credential).await
+    }
+
+    /// The principal of a bearer token: one this host issued, or a trusted issuer's JWT.
+    async fn token(&self, credential: &str) -> Result<Principal, ApiError> {
+        let issuer = jwt::unverified_issuer(credential)
+            .ok_or_else(|| ApiError::unauthorized("the token is malformed"))?;
+        if issuer == self.oauth.issuer() {
+            let token = self.oauth.verify(credential).await?;
+            let mut principal = self.key_principal(&token.key_id).await?;
+            // A token carries at most its key's scopes, fixed when it was issued.
+            principal.scopes = token.scopes;
+            return Ok(principal);
+        }
+        let principal = self.jwt.verify(credential, &issuer).await?;
+        self.with_tenant(principal).await
     }
 
     /// Adds the tenant's priority and limits, when the database has a record of it (keys from

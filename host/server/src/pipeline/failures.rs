@@ -9,13 +9,13 @@
 //! Per key id: a key whose id is being guessed at is refused for the rest of the minute even
 //! with its right secret; that is the price of not letting its id be tried without end.
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use axum::extract::{ConnectInfo, Request, State};
-use axum::middleware::Next;
+use axum::extract::{ConnectInfo, Request};
 use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use moka::sync::Cache;
@@ -99,9 +99,13 @@ where
         .fetch_add(1, Ordering::Relaxed);
 }
 
-pub async fn throttle(State(f): State<Arc<Failures>>, request: Request, next: Next) -> Response {
+pub async fn throttle<F, Fut>(f: &Failures, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if f.limit == 0 || matches!(request.uri().path(), "/healthz" | "/readyz") {
-        return next.run(request).await;
+        return next(request).await;
     }
     let peer = request
         .extensions()
@@ -127,7 +131,7 @@ pub async fn throttle(State(f): State<Arc<Failures>>, request: Request, next: Ne
         .retry_after(wait.max(Duration::from_secs(1)))
         .into_response();
     }
-    let response = next.run(request).await;
+    let response = next(request).await;
     if response.extensions().get::<CredentialRefused>().is_some() {
         f.last_failure_ms.store(f.now_ms(), Ordering::Relaxed);
         record(&f.by_ip, ip);

@@ -1,19 +1,24 @@
 //! The metrics layer: records every answer once, with the route it was resolved to (a
 //! [`RouteLabel`] on the response) or empty labels when it was refused before that.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 
 use super::RouteLabel;
 use crate::telemetry::Metrics;
 
-pub async fn record(State(metrics): State<Arc<Metrics>>, request: Request, next: Next) -> Response {
+pub async fn record<F, Fut>(metrics: &Metrics, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let started = Instant::now();
-    let response = next.run(request).await;
+    let response = next(request).await;
     match response.extensions().get::<RouteLabel>() {
         Some(label) => metrics.record(
             &label.plugin,

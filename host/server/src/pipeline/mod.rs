@@ -19,7 +19,18 @@
 //!    (404/405, and 404 for a plugin it may not see, 403 for scopes), admission (quotas, 429),
 //!    then the body, its schema and the plugin call.
 //!
-//! `http::app` stacks them.
+//! `http::app` stacks them: 1-3 as one middleware ([`front`]), then CORS, then 5-6 as one
+//! ([`gate`]), then the router. Each step is a function of its module that takes the rest of
+//! the path as `next`; composing them in one middleware makes one boxed future per request
+//! where a middleware per step made one each, and the steps still read in order.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::telemetry::Metrics;
 
 pub mod admission;
 pub mod cors;
@@ -38,4 +49,39 @@ pub struct RouteLabel {
     pub plugin: std::sync::Arc<str>,
     /// `METHOD /template`, as the manifest (or the host's router) declares it.
     pub route: std::sync::Arc<str>,
+}
+
+/// Steps 1-3: the request id and error shape, the request's trace (when exported), metrics.
+pub struct Front {
+    pub metrics: Arc<Metrics>,
+    /// Whether traces are exported (`OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub tracing: bool,
+}
+
+pub async fn front(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
+    let (metrics, tracing) = (&*front.metrics, front.tracing);
+    request_id::scope(request, |request| async move {
+        if tracing {
+            trace::request(request, |request| {
+                metrics::record(metrics, request, |request| next.run(request))
+            })
+            .await
+        } else {
+            metrics::record(metrics, request, |request| next.run(request)).await
+        }
+    })
+    .await
+}
+
+/// Steps 5-6: overload protection, then the throttle on refused credentials.
+pub struct Gate {
+    pub overload: overload::Overload,
+    pub failures: failures::Failures,
+}
+
+pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
+    overload::guard(&gate.overload, request, |request| {
+        failures::throttle(&gate.failures, request, |request| next.run(request))
+    })
+    .await
 }

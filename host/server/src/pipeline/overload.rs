@@ -6,6 +6,7 @@
 //! never refused here: probes and scrapes must answer under overload. `[server]` also says how
 //! the host shuts down (`shutdown_grace_ms`, `drain_timeout_ms`: see `lib.rs`'s `run`).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,8 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::StatusCode;
@@ -75,13 +75,13 @@ impl Overload {
     }
 }
 
-pub async fn guard(
-    State(overload): State<Arc<Overload>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub async fn guard<F, Fut>(overload: &Overload, request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     if matches!(request.uri().path(), "/healthz" | "/readyz" | "/metrics") {
-        return next.run(request).await;
+        return next(request).await;
     }
     let place = match overload.max_in_flight {
         0 => None,
@@ -99,8 +99,8 @@ pub async fn guard(
         },
     };
     let response = match overload.timeout {
-        None => next.run(request).await,
-        Some(limit) => match tokio::time::timeout(limit, next.run(request)).await {
+        None => next(request).await,
+        Some(limit) => match tokio::time::timeout(limit, next(request)).await {
             Ok(response) => response,
             Err(_) => ApiError::new(
                 StatusCode::GATEWAY_TIMEOUT,

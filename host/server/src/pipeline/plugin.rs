@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
 use serde_json::{Value, json};
@@ -248,7 +248,7 @@ async fn call(
     ] {
         headers.remove(name);
     }
-    headers.remove("x-api-key");
+    headers.remove(HeaderName::from_static("x-api-key"));
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{relative_path}?{q}"),
         None => relative_path,

@@ -7,24 +7,29 @@
 //! away in the background, up to [`LINGER_BYTES`] and [`LINGER_TIME`] ([`Lingering`]), so a
 //! client still sending gets the answer instead of a reset connection (nginx's lingering close).
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::BodyExt as _;
 
 use crate::error::{ApiError, REQUEST_ID};
 
-/// Gives every request an id (the client's `X-Request-Id` if it is sane), echoes it on the
-/// response, and turns any error response that is not JSON into the standard error shape.
-pub async fn request_id(request: Request, next: Next) -> Response {
+/// Gives every request an id (the client's `X-Request-Id` if it is sane), runs `next` within
+/// it, echoes it on the response, and turns any error response that is not JSON into the
+/// standard error shape.
+pub async fn scope<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let request = request.map(|body| {
         if body.is_end_stream() {
             body
@@ -44,14 +49,13 @@ pub async fn request_id(request: Request, next: Next) -> Response {
         })
         .map(str::to_string)
         .unwrap_or_else(new_request_id);
+    let value = HeaderValue::from_str(&id).ok();
     let mut response = REQUEST_ID
-        .scope(id.clone(), async move {
-            let response = next.run(request).await;
-            ensure_json_error(response)
-        })
+        .scope(id, async move { ensure_json_error(next(request).await) })
         .await;
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert("x-request-id", value);
+    if let Some(value) = value {
+        const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+        response.headers_mut().insert(X_REQUEST_ID, value);
     }
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
         // The rest of the body was never read: this connection cannot carry another request,

@@ -3,8 +3,9 @@
 //! one, holding every span the request makes (auth, admission, plugin, model calls, outbound
 //! requests). Not installed when tracing is off.
 
+use std::future::Future;
+
 use axum::extract::Request;
-use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::trace::TraceContextExt as _;
 use tracing::Instrument as _;
@@ -14,7 +15,11 @@ use super::RouteLabel;
 use crate::error::current_request_id;
 use crate::telemetry::trace::{TARGET, continue_trace};
 
-pub async fn request(request: Request, next: Next) -> Response {
+pub async fn request<F, Fut>(request: Request, next: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
     let span = tracing::info_span!(
         target: TARGET,
         "request",
@@ -29,7 +34,7 @@ pub async fn request(request: Request, next: Next) -> Response {
         otel.status_code = tracing::field::Empty,
     );
     continue_trace(&span, request.headers());
-    let response = next.run(request).instrument(span.clone()).await;
+    let response = next(request).instrument(span.clone()).await;
     let status = response.status();
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {

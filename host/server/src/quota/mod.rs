@@ -34,7 +34,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 
 use crate::error::ApiError;
@@ -85,6 +85,8 @@ impl UsageTotals {
     }
 }
 
+/// Redis's futures are boxed where they start: otherwise every request's future (and the
+/// copy made when it is boxed) carries their size, with or without Redis.
 enum Store {
     Memory(memory::MemoryStore),
     Redis(Box<redis::RedisStore>),
@@ -98,7 +100,7 @@ impl Store {
     ) -> Result<Vec<Decision>, redis::StoreError> {
         match self {
             Store::Memory(m) => Ok(m.check(checks)),
-            Store::Redis(r) => r.check(checks, member).await,
+            Store::Redis(r) => Box::pin(r.check(checks, member)).await,
         }
     }
 
@@ -112,14 +114,14 @@ impl Store {
                 m.debit(debits, usage);
                 Ok(())
             }
-            Store::Redis(r) => r.debit(debits, usage).await,
+            Store::Redis(r) => Box::pin(r.debit(debits, usage)).await,
         }
     }
 
     async fn usage(&self, account: &str) -> Result<UsageTotals, redis::StoreError> {
         match self {
             Store::Memory(m) => Ok(m.usage(account)),
-            Store::Redis(r) => r.usage(account).await,
+            Store::Redis(r) => Box::pin(r.usage(account)).await,
         }
     }
 }
@@ -547,18 +549,24 @@ fn rate_headers(rules: &[Cow<'_, Rule>], decisions: &[Decision]) -> HeaderMap {
             Policy::Rate {
                 metered: Metered::Requests,
                 amount,
-                period,
-            } => Some((amount, period, d)),
+                ..
+            } => Some((r, amount, d)),
             _ => None,
         })
         .min_by(|a, b| a.2.remaining.total_cmp(&b.2.remaining));
-    if let Some((amount, period, d)) = tightest {
+    if let Some((rule, amount, d)) = tightest {
         let num = |n: f64| HeaderValue::from(n.max(0.0).ceil() as u64);
-        headers.insert("ratelimit-limit", num(amount));
-        headers.insert("ratelimit-remaining", num(d.remaining));
-        headers.insert("ratelimit-reset", num(d.reset));
-        if let Ok(v) = HeaderValue::from_str(&format!("{amount};w={}", period.as_secs().max(1))) {
-            headers.insert("ratelimit-policy", v);
+        // Names made once, not parsed per request.
+        const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+        const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+        const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+        const POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+        headers.reserve(4);
+        headers.insert(LIMIT, num(amount));
+        headers.insert(REMAINING, num(d.remaining));
+        headers.insert(RESET, num(d.reset));
+        if let Some(v) = &rule.policy_header {
+            headers.insert(POLICY, v.clone());
         }
     }
     headers

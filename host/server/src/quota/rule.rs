@@ -32,6 +32,9 @@ pub struct Rule {
     pub source: String,
     /// The prefix of its store keys.
     id: String,
+    /// Its `RateLimit-Policy` value (`100;w=60`), made once: a request-rate limit's answers
+    /// carry it.
+    pub policy_header: Option<http::HeaderValue>,
 }
 
 impl Rule {
@@ -54,6 +57,12 @@ impl Rule {
             plugin.as_deref().unwrap_or(""),
             route.as_deref().unwrap_or("")
         );
+        let policy_header = match &policy {
+            Policy::Rate { amount, period, .. } => {
+                http::HeaderValue::from_str(&format!("{amount};w={}", period.as_secs().max(1))).ok()
+            }
+            Policy::Concurrent(_) => None,
+        };
         Rule {
             policy,
             per,
@@ -62,6 +71,7 @@ impl Rule {
             route,
             source,
             id,
+            policy_header,
         }
     }
 
