@@ -31,7 +31,8 @@
 # BENCH_SCENARIOS ("noop digits digits-fresh embed embed-fresh embed1 hello-rs hello-rs-warm
 # hello-py hello-py-warm hello-js hello-js-warm gen"), BENCH_WRK_THREADS (2), BENCH_SKIP_BUILD
 # (unset; 1 skips building infergate and the plugins), BENCH_PGO (0; 1 measures the
-# profile-guided build), BENCH_PEER_PYTHON (the interpreter of the peer's venv; /usr/bin/python3
+# profile-guided build), BENCH_PROFILE (dist; release measures the release build, for
+# iterating), BENCH_PEER_PYTHON (the interpreter of the peer's venv; /usr/bin/python3
 # where it exists); for gen: BENCH_GEN_SINGLE (5 single-stream requests), BENCH_GEN_STREAMS (8),
 # BENCH_GEN_ROUNDS (2 requests per stream), BENCH_GEN_MAX_TOKENS (128).
 set -euo pipefail
@@ -66,9 +67,11 @@ if [[ "$PGO" == 1 ]]; then
     INFERGATE="$ROOT/target/pgo/infergate"
     EXAMPLES="$ROOT/target/pgo/examples"
 else
-    # The `dist` profile of Cargo.toml (release plus link-time optimisation).
-    INFERGATE="$ROOT/target/dist/infergate"
-    EXAMPLES="$ROOT/target/dist/examples"
+    # The `dist` profile of Cargo.toml (release plus link-time optimisation); BENCH_PROFILE=release
+    # measures the quicker release build instead, for iterating (never the reference figures).
+    PROFILE="${BENCH_PROFILE:-dist}"
+    INFERGATE="$ROOT/target/$PROFILE/infergate"
+    EXAMPLES="$ROOT/target/$PROFILE/examples"
 fi
 WASM_DIR="$ROOT/target/wasm/wasm32-wasip2/release"
 NOOP_WASM="$WASM_DIR/noop.wasm"
@@ -113,7 +116,8 @@ install_tools() {
         echo "$want" >"$stamp"
     fi
     if has_scenario gen; then install_gen_peer; fi
-    if [[ ! -x "$WASMTIME" ]] || ! "$WASMTIME" --version | grep -q " $WASMTIME_VERSION"; then
+    # `wasmtime serve` is the peer of noop only.
+    if has_scenario noop && { [[ ! -x "$WASMTIME" ]] || ! "$WASMTIME" --version | grep -q " $WASMTIME_VERSION"; }; then
         log "installing wasmtime-cli $WASMTIME_VERSION into $TOOLS (only what \`serve\` needs)"
         cargo install --locked wasmtime-cli --version "$WASMTIME_VERSION" --root "$TOOLS" \
             --no-default-features --features run,serve,component-model-async,cranelift,pooling-allocator,parallel-compilation
@@ -157,8 +161,8 @@ build() {
     else
         # Two builds: with the examples, their dev-dependencies (tokio's `test-util`) would
         # change the server's dependencies; alone it is the binary `make serve` builds.
-        cargo build --profile dist --workspace --bin infergate
-        cargo build --profile dist --workspace --example floor --example bench_micro
+        cargo build --profile "$PROFILE" --workspace --bin infergate
+        cargo build --profile "$PROFILE" --workspace --example floor --example bench_micro
     fi
 }
 
@@ -378,12 +382,12 @@ EXAMPLES="$OUT/bin"
 
 MACHINE="$(lscpu | sed -n 's/^Model name: *//p'), $CORES cores, $(free -g | awk '/^Mem:/ {print $2}') GiB, \
 Linux $(uname -r), $(rustc --version | cut -d' ' -f1-2), Python $("$VENV/bin/python" -c 'import platform; print(platform.python_version())'), \
-$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $("$WASMTIME" --version), \
+$(wrk -v 2>&1 | head -n1 | cut -d' ' -f1-2), $("$WASMTIME" --version 2>/dev/null || echo "no wasmtime-cli"), \
 onnxruntime $("$VENV/bin/python" -c 'import onnxruntime; print(onnxruntime.__version__)')"
 if has_scenario gen; then
     MACHINE="$MACHINE, llama-cpp-python $("$VENV/bin/python" -c 'import llama_cpp; print(llama_cpp.__version__)')"
 fi
-COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' BENCH_PGO=$PGO make bench"
+COMMAND="BENCH_RUNS=$RUNS BENCH_DURATION=$DURATION BENCH_CONNECTIONS=$CONNECTIONS BENCH_SCENARIOS='$SCENARIOS' BENCH_PGO=$PGO BENCH_PROFILE=${PROFILE:-dist} make bench"
 if has_scenario gen; then
     COMMAND="BENCH_GEN_SINGLE=$GEN_SINGLE BENCH_GEN_STREAMS=$GEN_STREAMS BENCH_GEN_ROUNDS=$GEN_ROUNDS BENCH_GEN_MAX_TOKENS=$GEN_MAX_TOKENS $COMMAND"
 fi

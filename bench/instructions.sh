@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# bench/instructions.sh CHECKOUT... : the host's user-space instructions per request, counted
+# by valgrind's callgrind, for each checkout's `--release` build serving its own noop plugin
+# (the same config as bench/paired.sh: an API key, a limit rule, a fresh instance per request).
+# Instructions do not depend on what else the machine is doing, so two builds compare in one
+# run on a noisy machine, where requests per second differ by 10% from one round to the next.
+# What they do not count: the kernel's work (sockets, scheduling, page faults) and the cost of
+# cache misses. Each checkout needs target/release/infergate and
+# target/wasm/wasm32-wasip2/release/noop.wasm (see bench/paired.sh).
+#
+# Knobs: REQUESTS (2000; after 200 not counted), KEEP (unset; set: keep the callgrind files,
+# for `callgrind_annotate`, and say where they are).
+set -euo pipefail
+[[ $# -ge 1 ]] || { echo "usage: $0 CHECKOUT..." >&2; exit 2; }
+command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind" >&2; exit 1; }
+REQUESTS=${REQUESTS:-2000}
+W="$(mktemp -d)"
+trap 'pkill -f "$W/" 2>/dev/null || true; [[ -n "${KEEP:-}" ]] || rm -rf "$W"' EXIT
+
+# Sequential keep-alive requests from one connection; every answer must be 200.
+cat >"$W/drive.py" <<'EOF'
+import http.client, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    c.request("GET", "/noop/ping", headers={"x-api-key": "bench-key-0123456789abcdef"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 200, r.status
+EOF
+
+port=18300
+for checkout in "$@"; do
+    dir="$(cd "$checkout" && pwd)"
+    name="$(basename "$dir")-$port"
+    port=$((port + 1))
+    # A small pool: callgrind cannot map the default one's address space.
+    cat >"$W/$name.toml" <<EOT
+max_instances = 2
+listen = "127.0.0.1:$port"
+cache_dir = "$W/cache-$name"
+[auth]
+database = "$W/$name.db"
+api_keys = [{ id = "bench", key = "bench-key-0123456789abcdef", tenant = "bench" }]
+[[plugins]]
+name = "noop"
+path = "$dir/target/wasm/wasm32-wasip2/release/noop.wasm"
+[limits]
+store = "memory"
+[[limits.rules]]
+per = "key"
+limit = "100000000/minute"
+EOT
+    valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.$name" \
+        "$dir/target/release/infergate" serve --config "$W/$name.toml" >"$W/$name.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 600); do
+        [[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$port/readyz" || true)" == 200 ]] && break
+        sleep 0.5
+    done
+    python3 "$W/drive.py" "$port" 200
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    python3 "$W/drive.py" "$port" "$REQUESTS"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+    total=$(callgrind_annotate "$W/callgrind.$name".1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
+    echo "$checkout: $((total / REQUESTS)) instructions per request (noop, $REQUESTS requests)"
+    [[ -z "${KEEP:-}" ]] || echo "  callgrind file: $W/callgrind.$name.1"
+done
