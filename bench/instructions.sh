@@ -8,8 +8,10 @@
 # cache misses. Each checkout needs target/release/infergate and
 # target/wasm/wasm32-wasip2/release/noop.wasm (see bench/paired.sh).
 #
-# Knobs: REQUESTS (2000; after 200 not counted), KEEP (unset; set: keep the callgrind files,
-# for `callgrind_annotate`, and say where they are).
+# Knobs: REQUESTS (2000; after 200 not counted), SIM (unset; set: also simulate the caches and
+# branch predictors and print L1 instruction and data misses and mispredicted branches per
+# request, which is how a build with fewer instructions can still be slower), KEEP (unset; set:
+# keep the callgrind files, for `callgrind_annotate`, and say where they are).
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 CHECKOUT..." >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind" >&2; exit 1; }
@@ -51,7 +53,9 @@ store = "memory"
 per = "key"
 limit = "100000000/minute"
 EOT
-    valgrind --tool=callgrind --callgrind-out-file="$W/callgrind.$name" \
+    sim=()
+    [[ -z "${SIM:-}" ]] || sim=(--cache-sim=yes --branch-sim=yes)
+    valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$W/callgrind.$name" \
         "$dir/target/release/infergate" serve --config "$W/$name.toml" >"$W/$name.log" 2>&1 &
     pid=$!
     for _ in $(seq 600); do
@@ -64,7 +68,12 @@ EOT
     callgrind_control -d "$pid" >/dev/null 2>&1
     kill "$pid"
     wait "$pid" 2>/dev/null || true
-    total=$(callgrind_annotate "$W/callgrind.$name".1 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-    echo "$checkout: $((total / REQUESTS)) instructions per request (noop, $REQUESTS requests)"
+    # The totals line: Ir, then with SIM: Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw Bc Bcm Bi Bim.
+    read -r -a t < <(callgrind_annotate "$W/callgrind.$name".1 2>/dev/null |
+        awk '/PROGRAM TOTALS/ {for (i = 1; i <= NF; i++) if ($i ~ /^[0-9,]+$/) {gsub(",", "", $i); printf "%s ", $i}} END {print ""}')
+    echo "$checkout: $((t[0] / REQUESTS)) instructions per request (noop, $REQUESTS requests)"
+    if [[ -n "${SIM:-}" ]]; then
+        echo "  per request: L1i misses $((t[3] / REQUESTS)), L1d misses $((t[4] / REQUESTS)) read + $((t[5] / REQUESTS)) write, mispredicted branches $((t[10] / REQUESTS)) conditional + $((t[12] / REQUESTS)) indirect"
+    fi
     [[ -z "${KEEP:-}" ]] || echo "  callgrind file: $W/callgrind.$name.1"
 done
