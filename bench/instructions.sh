@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/instructions.sh CHECKOUT... : the host's user-space instructions per request, counted
 # by valgrind's callgrind, for each checkout's `--release` build serving its own noop plugin
-# (the same config as bench/paired.sh: an API key, a limit rule, a fresh instance per request).
+# (bench/host-config.sh, as in bench/paired.sh: an API key, a limit rule, fresh instances).
 # Instructions do not depend on what else the machine is doing, so two builds compare in one
 # run on a noisy machine, where requests per second differ by 10% from one round to the next.
 # What they do not count: the kernel's work (sockets, scheduling, page faults) and the cost of
@@ -16,6 +16,8 @@ set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 CHECKOUT..." >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind" >&2; exit 1; }
 REQUESTS=${REQUESTS:-2000}
+# shellcheck source=bench/host-config.sh
+source "$(dirname "${BASH_SOURCE[0]}")/host-config.sh"
 W="$(mktemp -d)"
 trap 'pkill -f "$W/" 2>/dev/null || true; [[ -n "${KEEP:-}" ]] || rm -rf "$W"' EXIT
 
@@ -37,22 +39,7 @@ for checkout in "$@"; do
     name="$(basename "$dir")-$port"
     port=$((port + 1))
     # A small pool: callgrind cannot map the default one's address space.
-    cat >"$W/$name.toml" <<EOT
-max_instances = 2
-listen = "127.0.0.1:$port"
-cache_dir = "$W/cache-$name"
-[auth]
-database = "$W/$name.db"
-api_keys = [{ id = "bench", key = "bench-key-0123456789abcdef", tenant = "bench" }]
-[[plugins]]
-name = "noop"
-path = "$dir/target/wasm/wasm32-wasip2/release/noop.wasm"
-[limits]
-store = "memory"
-[[limits.rules]]
-per = "key"
-limit = "100000000/minute"
-EOT
+    { echo "max_instances = 2"; host_config "$port" "$W" "$name" "$dir"; } >"$W/$name.toml"
     sim=()
     [[ -z "${SIM:-}" ]] || sim=(--cache-sim=yes --branch-sim=yes)
     valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$W/callgrind.$name" \

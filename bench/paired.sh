@@ -17,13 +17,12 @@ DUR=${DUR:-6s}
 : "${ORT_DYLIB_PATH:?ORT_DYLIB_PATH must name libonnxruntime.so}"
 W="$(mktemp -d)"
 
+# shellcheck source=bench/host-config.sh
+source "$HERE/host-config.sh"
 config() { # name checkout port
-    cat >"$W/$1.toml" <<EOT
-listen = "127.0.0.1:$3"
-cache_dir = "$W/cache-$1"
-[auth]
-database = "$W/$1.db"
-api_keys = [{ id = "bench", key = "bench-key-0123456789abcdef", tenant = "bench" }]
+    {
+        host_config "$3" "$W" "$1" "$2"
+        cat <<EOT
 [[models]]
 name = "digits"
 path = "$HERE/../models/digits/digits.onnx"
@@ -37,15 +36,8 @@ batching = { max_rows = 16 }
 name = "digits"
 path = "$2/target/wasm/wasm32-wasip2/release/digits.wasm"
 models = ["digits"]
-[[plugins]]
-name = "noop"
-path = "$2/target/wasm/wasm32-wasip2/release/noop.wasm"
-[limits]
-store = "memory"
-[[limits.rules]]
-per = "key"
-limit = "100000000/minute"
 EOT
+    } >"$W/$1.toml"
 }
 config before "$BEFORE" 18080
 config after "$AFTER" 18090

@@ -102,12 +102,21 @@ function answer(response, outparam, requestId) {
   try {
     respond(response);
   } catch (err) {
-    const detail = err?.payload ?? err?.message ?? String(err);
-    const error = HttpError.internal(`the plugin made an invalid response (status ${response.status}): ${detail}`);
-    logError(error.message);
-    respond(errorResponse(error, requestId, logError));
+    respond(invalidResponse(response, err?.payload ?? err?.message ?? String(err), requestId));
   }
   outparam[dispose]();
+}
+
+/**
+ * The error answer, logged, for a response the host refused (a bad status or header).
+ * @param {import('./response.js').WireResponse} response
+ * @param {string} detail
+ * @param {string} requestId
+ */
+function invalidResponse(response, detail, requestId) {
+  const error = HttpError.internal(`the plugin made an invalid response (status ${response.status}): ${detail}`);
+  logError(error.message);
+  return errorResponse(error, requestId, logError);
 }
 
 /** @param {import('./response.js').WireResponse} response */
@@ -131,10 +140,7 @@ function send(response, outparam, requestId) {
     outgoing = responseHead(response);
   } catch (err) {
     response.chunks?.return();
-    const detail = err?.payload?.tag ?? err?.message ?? String(err);
-    const error = HttpError.internal(`the plugin made an invalid response (status ${response.status}): ${detail}`);
-    logError(error.message);
-    response = errorResponse(error, requestId, logError);
+    response = invalidResponse(response, err?.payload?.tag ?? err?.message ?? String(err), requestId);
     outgoing = responseHead(response);
   }
   // `body` can only be taken once, so it is taken before the response moves to the host.

@@ -38,10 +38,10 @@ def handle(plugin: Plugin, incoming: Any, response_out: Any) -> None:
     takes about twenty (each one dear from Python). Only a streamed body uses the outparam."""
     w = bindings()
     incoming.__exit__(None, None, None)
-    request = w.host.read_request()
-    context = request.context
-    path, _, query = request.path_with_query.partition("?")
-    headers = request.headers
+    wire = w.host.read_request()
+    context = wire.context
+    path, _, query = wire.path_with_query.partition("?")
+    headers = wire.headers
     ctx = Ctx(
         request_id=context.request_id,
         tenant=context.tenant,
@@ -50,12 +50,13 @@ def handle(plugin: Plugin, incoming: Any, response_out: Any) -> None:
         claims=dict(context.claims),
         route=context.route,
         params=dict(context.params),
-        method=request.method,
+        method=wire.method,
         path=path,
         query_string=query or None,
         headers=headers,
     )
-    response = plugin.serve(ctx, Request(request.method, path, query or None, headers, request.body))
+    request = Request(wire.method, path, query or None, headers, wire.body)
+    response = plugin.serve(ctx, request)
     if isinstance(response.body, (bytes, bytearray)):
         _respond(response, ctx)
         response_out.__exit__(None, None, None)
@@ -68,14 +69,15 @@ def _respond(response: Response, ctx: Ctx) -> None:
     product's internal error."""
     w = bindings()
     try:
-        w.host.respond(response.status, response.headers, bytes(response.body))
+        w.host.respond(response.status, response.headers, _whole_body(response))
     except w.types.Err as err:
-        failure = HttpError.internal(f"invalid response: {err.value}")
-        w.host.respond(*_whole(Response.error(failure, ctx.request_id)))
+        error = HttpError.internal(f"invalid response: {err.value}")
+        failure = Response.error(error, ctx.request_id)
+        w.host.respond(failure.status, failure.headers, _whole_body(failure))
 
 
-def _whole(response: Response) -> tuple[int, list[tuple[str, bytes]], bytes]:
-    return response.status, response.headers, bytes(response.body)  # type: ignore[arg-type]
+def _whole_body(response: Response) -> bytes:
+    return bytes(response.body)  # type: ignore[arg-type]
 
 
 def _send(response: Response, response_out: Any, ctx: Ctx) -> None:
