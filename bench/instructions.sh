@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # bench/instructions.sh CHECKOUT... : the host's user-space instructions per request, counted
-# by valgrind's callgrind, for each checkout's `--release` build serving its own noop plugin
+# by valgrind's callgrind, for each checkout's build (PROFILE) serving its own noop plugin
 # (bench/host-config.sh, as in bench/paired.sh: an API key, a limit rule, fresh instances).
 # Instructions do not depend on what else the machine is doing, so two builds compare in one
 # run on a noisy machine, where requests per second differ by 10% from one round to the next.
 # What they do not count: the kernel's work (sockets, scheduling, page faults) and the cost of
-# cache misses. Each checkout needs target/release/infergate and
+# cache misses. Each checkout needs target/$PROFILE/infergate and
 # target/wasm/wasm32-wasip2/release/noop.wasm (see bench/paired.sh).
 #
 # Knobs: REQUESTS (2000; after 200 not counted), SIM (unset; set: also simulate the caches and
 # branch predictors and print L1 instruction and data misses and mispredicted branches per
 # request, which is how a build with fewer instructions can still be slower), KEEP (unset; set:
-# keep the callgrind files, for `callgrind_annotate`, and say where they are).
+# keep the callgrind files, for `callgrind_annotate`, and say where they are), PROFILE (release;
+# `dist` counts the builds `make serve` ships).
 set -euo pipefail
 [[ $# -ge 1 ]] || { echo "usage: $0 CHECKOUT..." >&2; exit 2; }
 command -v valgrind >/dev/null || { echo "instructions.sh needs valgrind" >&2; exit 1; }
 REQUESTS=${REQUESTS:-2000}
+PROFILE=${PROFILE:-release}
 # shellcheck source=bench/host-config.sh
 source "$(dirname "${BASH_SOURCE[0]}")/host-config.sh"
 W="$(mktemp -d)"
@@ -43,7 +45,7 @@ for checkout in "$@"; do
     sim=()
     [[ -z "${SIM:-}" ]] || sim=(--cache-sim=yes --branch-sim=yes)
     valgrind --tool=callgrind "${sim[@]}" --callgrind-out-file="$W/callgrind.$name" \
-        "$dir/target/release/infergate" serve --config "$W/$name.toml" >"$W/$name.log" 2>&1 &
+        "$dir/target/$PROFILE/infergate" serve --config "$W/$name.toml" >"$W/$name.log" 2>&1 &
     pid=$!
     for _ in $(seq 600); do
         [[ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$port/readyz" || true)" == 200 ]] && break

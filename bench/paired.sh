@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # bench/paired.sh BEFORE_CHECKOUT AFTER_CHECKOUT: paired rounds between two builds of the host,
-# for "no throughput loss" checks. Each checkout must hold its `--release` build
-# (`cargo build --release --workspace --bin infergate`) and its noop and digits plugins
+# for "no throughput loss" checks. Each checkout must hold its build of PROFILE (`release`:
+# `cargo build --release --workspace --bin infergate`) and its noop and digits plugins
 # (target/wasm/wasm32-wasip2/release). Both serve the same config (auth, a limit rule, digits on
 # ONNX Runtime, fresh instances), BEFORE on port 18080 and AFTER on 18090; wrk (bench/wrk.lua,
 # 2 threads, 16 connections) drives noop then digits, the order of the builds alternating each
-# round. Prints each round's requests/s, p99 and after/before ratio. Knobs: ROUNDS (6), DUR (6s);
+# round. Prints each round's requests/s, p99 and after/before ratio. Knobs: ROUNDS (6), DUR (6s),
+# PROFILE (release; `dist` compares the builds `make serve` ships, as `make bench` measures);
 # ORT_DYLIB_PATH must name libonnxruntime.so.
 set -euo pipefail
 [[ $# == 2 ]] || { echo "usage: $0 BEFORE_CHECKOUT AFTER_CHECKOUT" >&2; exit 2; }
@@ -14,6 +15,7 @@ AFTER="$(cd "$2" && pwd)"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROUNDS=${ROUNDS:-6}
 DUR=${DUR:-6s}
+PROFILE=${PROFILE:-release}
 : "${ORT_DYLIB_PATH:?ORT_DYLIB_PATH must name libonnxruntime.so}"
 W="$(mktemp -d)"
 
@@ -41,9 +43,9 @@ EOT
 }
 config before "$BEFORE" 18080
 config after "$AFTER" 18090
-"$BEFORE/target/release/infergate" serve --config "$W/before.toml" >"$W/before.log" 2>&1 &
+"$BEFORE/target/$PROFILE/infergate" serve --config "$W/before.toml" >"$W/before.log" 2>&1 &
 P1=$!
-"$AFTER/target/release/infergate" serve --config "$W/after.toml" >"$W/after.log" 2>&1 &
+"$AFTER/target/$PROFILE/infergate" serve --config "$W/after.toml" >"$W/after.log" 2>&1 &
 P2=$!
 trap 'kill $P1 $P2 2>/dev/null; wait $P1 $P2 2>/dev/null; rm -rf "$W"' EXIT
 for port in 18080 18090; do
