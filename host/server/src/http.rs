@@ -67,17 +67,23 @@ pub fn app(state: AppState, overload: Overload, limits: &AppConfig) -> Router {
         metrics: state.metrics.clone(),
         tracing: crate::telemetry::trace::enabled(),
     };
-    host.fallback(plugin::serve)
-        .with_state(state.clone())
-        .layer(middleware::from_fn_with_state(
-            Arc::new(gate),
-            pipeline::gate,
-        ))
-        .layer(tower::util::option_layer(limits.cors.clone()))
-        .layer(middleware::from_fn_with_state(
-            Arc::new(front),
-            pipeline::front,
-        ))
+    let app = host.fallback(plugin::serve).with_state(state.clone());
+    match limits.cors.clone() {
+        Some(cors) => app
+            .layer(middleware::from_fn_with_state(
+                Arc::new(gate),
+                pipeline::gate,
+            ))
+            .layer(cors)
+            .layer(middleware::from_fn_with_state(
+                Arc::new(front),
+                pipeline::front,
+            )),
+        None => app.layer(middleware::from_fn_with_state(
+            Arc::new(pipeline::Whole { front, gate }),
+            pipeline::whole,
+        )),
+    }
 }
 
 async fn healthz() -> impl IntoResponse {

@@ -20,10 +20,12 @@
 //!    then the body, its schema and the plugin call.
 //!
 //! `http::app` stacks them: 1-3 as one middleware ([`front`]), then CORS, then 5-6 as one
-//! ([`gate`]), then the router. Each step is a function of its module that takes the rest of
-//! the path as `next`; composing them in one middleware makes one boxed future per request
-//! where a middleware per step made one each, and the steps still read in order.
+//! ([`gate`]), then the router; without CORS nothing stands between the two, and 1-6 are one
+//! middleware ([`whole`]). Each step is a function of its module that takes the rest of the
+//! path as `next`; composing them in one middleware makes one boxed future per request where a
+//! middleware per step made one each, and the steps still read in order.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -59,18 +61,25 @@ pub struct Front {
 }
 
 pub async fn front(State(front): State<Arc<Front>>, request: Request, next: Next) -> Response {
-    let (metrics, tracing) = (&*front.metrics, front.tracing);
-    request_id::scope(request, |request| async move {
-        if tracing {
-            trace::request(request, |request| {
-                metrics::record(metrics, request, |request| next.run(request))
-            })
-            .await
-        } else {
-            metrics::record(metrics, request, |request| next.run(request)).await
-        }
-    })
-    .await
+    front.run(request, |request| next.run(request)).await
+}
+
+impl Front {
+    async fn run<F, Fut>(&self, request: Request, next: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        let (metrics, tracing) = (&*self.metrics, self.tracing);
+        request_id::scope(request, |request| async move {
+            if tracing {
+                trace::request(request, |request| metrics::record(metrics, request, next)).await
+            } else {
+                metrics::record(metrics, request, next).await
+            }
+        })
+        .await
+    }
 }
 
 /// Steps 5-6: overload protection, then the throttle on refused credentials.
@@ -80,8 +89,34 @@ pub struct Gate {
 }
 
 pub async fn gate(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
-    overload::guard(&gate.overload, request, |request| {
-        failures::throttle(&gate.failures, request, |request| next.run(request))
-    })
-    .await
+    gate.run(request, |request| next.run(request)).await
+}
+
+impl Gate {
+    async fn run<F, Fut>(&self, request: Request, next: F) -> Response
+    where
+        F: FnOnce(Request) -> Fut,
+        Fut: Future<Output = Response>,
+    {
+        overload::guard(&self.overload, request, |request| {
+            failures::throttle(&self.failures, request, next)
+        })
+        .await
+    }
+}
+
+/// Steps 1-3 and 5-6 as one middleware, for a host without CORS (nothing stands between them).
+pub struct Whole {
+    pub front: Front,
+    pub gate: Gate,
+}
+
+pub async fn whole(State(whole): State<Arc<Whole>>, request: Request, next: Next) -> Response {
+    let gate = &whole.gate;
+    whole
+        .front
+        .run(request, |request| {
+            gate.run(request, |request| next.run(request))
+        })
+        .await
 }
