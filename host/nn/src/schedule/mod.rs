@@ -237,7 +237,7 @@ fn run_holding<T>(
     job: impl FnOnce() -> Option<(usize, Result<T, NnError>)>,
 ) -> (Result<Option<T>, NnError>, Duration) {
     counters.running.fetch_add(1, Ordering::Relaxed);
-    let _running = Gauge(&counters.running);
+    let running = Gauge(&counters.running);
     let started = Instant::now();
     let result = job();
     let elapsed = started.elapsed();
@@ -245,6 +245,9 @@ fn run_holding<T>(
         counters.record_compute(elapsed, inferences, result.is_ok());
         result
     });
+    // This compute leaves the gauge before its slot goes to the next caller, so `running`
+    // never reads above the concurrency (a panic in the job drops both, in the same order).
+    drop(running);
     drop(slot);
     (result.transpose(), elapsed)
 }
