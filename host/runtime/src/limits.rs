@@ -1,19 +1,24 @@
 //! Per-plugin limits, and the one place they are applied to a store.
 //!
 //! Memory is capped by a [`ResourceLimiter`] that also remembers whether the cap was hit, so a
-//! trap that follows can be reported as `plugin_out_of_memory`. CPU time is the time spent in
-//! guest code, measured at every crossing between guest and host (wasmtime's call hook): time
-//! in host calls (an inference, waiting for a token, `wasi:io/poll`, a yield) does not count,
-//! guest code the host calls back into (`cabi_realloc` while a host call returns its results)
-//! does. The epoch ticker is only where it is checked: each tick the guest observes runs the
+//! trap that follows can be reported as `plugin_out_of_memory`. CPU time ([`CpuClock`]) is the
+//! time the guest's call runs (is polled), less the host calls that do work of their own (an
+//! inference, a generation: they pause the clock, [`CpuClock::host_work`]); waiting (`wasi:io`
+//! poll, a queued inference, a token not yet decoded, a yield) suspends the call and never
+//! counts. The epoch ticker is only where it is checked: each tick the guest observes runs the
 //! check and yields to the async executor, so a looping plugin cannot monopolise a runtime
-//! thread. Wall-clock time, concurrency
-//! and body sizes are enforced by [`crate::plugin`] around the call.
+//! thread. Wall-clock time, concurrency and body sizes are enforced by [`crate::plugin`] around
+//! the call.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use wasmtime::{CallHook, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
+use wasmtime::{ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
 use crate::state::{HostAbort, PluginState};
 
@@ -160,42 +165,102 @@ pub fn configure_store(store: &mut Store<PluginState>, limits: &Limits) {
     store.limiter(|state| &mut state.limiter);
     let budget = limits.cpu_time();
     store.set_epoch_deadline(1);
-    store.call_hook(|mut ctx, hook| {
-        ctx.data_mut().cpu.cross(hook);
-        Ok(())
-    });
     store.epoch_deadline_callback(move |ctx| {
-        // The callback runs in a host call (`CallingHost` has just closed the guest's stint).
-        if ctx.data().cpu.used > budget {
+        if ctx.data().cpu.used() > budget {
             return Err(wasmtime::Error::new(HostAbort::CpuTimeExceeded));
         }
         Ok(UpdateDeadline::Yield(1))
     });
 }
 
-/// The guest's CPU time in one request: the sum of its stints in guest code.
+/// The guest's CPU time in one request: the time its call runs (each poll of it, [`Timed`]),
+/// less the host calls that pause it ([`CpuClock::host_work`]).
+///
+/// Short host calls (a header read, a stream write) count as the guest's: reading the clock
+/// at every crossing between guest and host (wasmtime's call hook, tens per request) cost more
+/// than they take, and a guest gains nothing from them. A call that waits suspends the guest,
+/// which ends the poll, so waiting never counts; a host call that works (an inference run
+/// right on the calling thread, starting a generation) pauses the clock while it does.
 #[derive(Debug, Default)]
 pub struct CpuClock {
-    /// Guest time so far.
-    pub used: Duration,
-    /// When the guest's current stint began, while guest code runs.
-    since: Option<Instant>,
+    /// Guest time so far, in nanoseconds, the running stint not included.
+    used: AtomicU64,
+    /// When the running stint began, in nanoseconds after [`EPOCH`] plus one; 0: stopped.
+    since: AtomicU64,
+}
+
+/// The origin of [`CpuClock`]'s instants.
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn now_nanos() -> u64 {
+    EPOCH.elapsed().as_nanos() as u64 + 1
 }
 
 impl CpuClock {
-    /// Accounts one crossing between host and guest.
-    fn cross(&mut self, hook: CallHook) {
-        match hook {
-            // Into guest code: an export called, a host call returned, or the host calling back
-            // into the guest (its allocator, for a host call's results).
-            CallHook::CallingWasm | CallHook::ReturningFromHost => {
-                self.since.get_or_insert_with(Instant::now);
-            }
-            CallHook::CallingHost | CallHook::ReturningFromWasm => {
-                if let Some(since) = self.since.take() {
-                    self.used += since.elapsed();
-                }
-            }
+    /// Guest time so far, the running stint included.
+    pub fn used(&self) -> Duration {
+        let since = self.since.load(Ordering::Relaxed);
+        let running = if since == 0 {
+            0
+        } else {
+            now_nanos().saturating_sub(since)
+        };
+        Duration::from_nanos(self.used.load(Ordering::Relaxed) + running)
+    }
+
+    /// Starts a stint now; one already running is dropped uncounted (it was host work: see
+    /// [`CpuClock::host_work`]).
+    fn start(&self) {
+        self.since.store(now_nanos(), Ordering::Relaxed);
+    }
+
+    /// Ends the running stint, if any, and counts it.
+    fn stop(&self) {
+        let since = self.since.swap(0, Ordering::Relaxed);
+        if since != 0 {
+            self.used
+                .fetch_add(now_nanos().saturating_sub(since), Ordering::Relaxed);
         }
+    }
+
+    /// Back to zero, for a warm instance's next request.
+    pub fn reset(&self) {
+        self.used.store(0, Ordering::Relaxed);
+        self.since.store(0, Ordering::Relaxed);
+    }
+
+    /// Pauses the clock for a host call that does work of its own, until the guard is dropped
+    /// (when the call returns, whichever way). The call may suspend in between: the poll that
+    /// resumes it starts a stint, which the guard's drop replaces, so the host's work after the
+    /// wait is not counted either.
+    pub fn host_work(self: &Arc<Self>) -> HostWork {
+        self.stop();
+        HostWork(self.clone())
+    }
+}
+
+/// A host call's work, not the guest's: see [`CpuClock::host_work`].
+pub struct HostWork(Arc<CpuClock>);
+
+impl Drop for HostWork {
+    fn drop(&mut self) {
+        self.0.start();
+    }
+}
+
+/// The guest's call, timed on `clock` while it is polled.
+pub struct Timed<'a, F> {
+    pub clock: &'a CpuClock,
+    pub call: Pin<&'a mut F>,
+}
+
+impl<F: Future> Future for Timed<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.clock.start();
+        let polled = self.call.as_mut().poll(cx);
+        self.clock.stop();
+        polled
     }
 }

@@ -69,6 +69,8 @@ impl wit_llm::Host for PluginState {
         prompt: wit_llm::Prompt,
         params: wit_llm::Params,
     ) -> LlmResult<Resource<GenerationHandle>> {
+        // Tokenising the prompt and charging its budget are the host's work.
+        let _host = self.cpu.host_work();
         let Some(model) = self.nn.open_llm(&model) else {
             return Ok(Err(wit_llm::Error::ModelNotFound(format!(
                 "language model `{model}` is not available to this plugin"
@@ -169,6 +171,7 @@ impl wit_llm::HostGeneration for PluginState {
     }
 
     async fn read(&mut self, g: Resource<GenerationHandle>) -> LlmResult<Option<wit_llm::Event>> {
+        let _host = self.cpu.host_work();
         let generation = self.table.get(&g)?.generation.clone();
         Ok(to_event(generation.read().await))
     }

@@ -250,6 +250,7 @@ impl inference::HostGraphExecutionContext for PluginState {
             named.push(NamedTensor { name, tensor });
         }
         let span = tracing::debug_span!("nn.compute", model = %model.spec().name);
+        let _host = self.cpu.host_work();
         let computed = model
             .compute(&context, named, &self.caller)
             .instrument(span)

@@ -68,6 +68,9 @@ pub struct Plugin {
     variables: crate::variables::Variables,
     /// Warm instances, when the plugin opted in.
     pool: Option<Pool>,
+    /// Whether the component imports `host.read-request`: only then does a call keep a copy
+    /// of the request's headers for it (the guest reads them through `wasi:http` otherwise).
+    reads_request: bool,
 }
 
 /// One request, as the plugin will see it.
@@ -207,6 +210,7 @@ impl Runtime {
         let (component, cache) =
             tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
         let pre = self.link(&component)?;
+        let reads_request = imports_read_request(&component, self.engine());
 
         for name in &spec.models {
             if models.get(name).is_none() {
@@ -238,6 +242,7 @@ impl Runtime {
             cache,
             pre,
             nn,
+            reads_request,
         })
     }
 
@@ -313,12 +318,18 @@ async fn read_manifest(
     let state = PluginState::new("(loading)".into(), limits, nn, Arc::default());
     let mut store = Store::new(pre.engine(), state);
     configure_store(&mut store, limits);
-    let call = async {
+    let clock = store.data().cpu.clone();
+    let call = pin!(async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance
             .infergate_plugin_manifest()
             .call_manifest(&mut store)
             .await
+    });
+    // The manifest's guest code is under the CPU limit, as a request's is.
+    let call = crate::limits::Timed {
+        clock: &clock,
+        call,
     };
     let wit = tokio::time::timeout(limits.wall_time(), call)
         .await
@@ -402,11 +413,18 @@ impl Plugin {
         state.usage_sink = request.usage_sink;
         state.budget = request.budget;
 
+        // The headers go to the guest's `wasi:http` request; `host.read-request` gets a copy,
+        // for a plugin that imports it.
+        let (headers, exchange_headers) = if self.reads_request {
+            (request.headers.clone(), request.headers)
+        } else {
+            (request.headers, HeaderMap::new())
+        };
         let mut builder = http::Request::builder()
             .method(request.method.clone())
             .uri(format!("http://localhost{}", request.path_and_query));
-        if let Some(headers) = builder.headers_mut() {
-            *headers = request.headers.clone();
+        if let Some(slot) = builder.headers_mut() {
+            *slot = headers;
         }
         let body = Full::new(request.body.clone()).map_err(|never| -> ErrorCode { match never {} });
         let hyper_request = builder
@@ -428,7 +446,7 @@ impl Plugin {
         store.data_mut().exchange = crate::host_api::Exchange {
             method: request.method,
             path_and_query: request.path_and_query,
-            headers: request.headers,
+            headers: exchange_headers,
             body: request.body,
             outparam: Some(out.rep()),
         };
@@ -445,10 +463,23 @@ impl Plugin {
                 .await;
         }
         let guest = run_guest(self.pre.clone(), store, instance, false, req, out);
+        // Boxed: the streaming path's states stay out of every other call's future.
+        Box::pin(self.call_streaming(guest, receiver, limit, started, deadline)).await
+    }
 
-        // A streaming route: the guest runs in a task of its own, since it goes on writing the
-        // body after this call has returned the response head.
-        // Its spans (model calls, outbound requests) stay in the caller's trace.
+    /// A streaming route: the guest runs in a task of its own, since it goes on writing the
+    /// body after this call has returned the response head. Its spans (model calls, outbound
+    /// requests) stay in the caller's trace.
+    async fn call_streaming(
+        &self,
+        guest: impl Future<Output = Outcome> + Send + 'static,
+        receiver: tokio::sync::oneshot::Receiver<
+            Result<http::Response<HyperOutgoingBody>, ErrorCode>,
+        >,
+        limit: usize,
+        started: Instant,
+        deadline: tokio::time::Instant,
+    ) -> Result<PluginResponse, InvokeError> {
         let mut task = AbortOnDrop(tokio::spawn(tracing::Instrument::in_current_span(guest)));
         let response = match receiver.await {
             Ok(Ok(response)) => response,
@@ -600,6 +631,23 @@ impl Plugin {
     }
 }
 
+/// Whether `component` imports the host interface's `read-request` (the Python and JavaScript
+/// SDKs read the request whole through it; Rust plugins read it through `wasi:http`).
+fn imports_read_request(
+    component: &wasmtime::component::Component,
+    engine: &wasmtime::Engine,
+) -> bool {
+    use wasmtime::component::types::ComponentItem;
+    component
+        .component_type()
+        .imports(engine)
+        .any(|(name, import)| {
+            name.starts_with("infergate:plugin/host")
+                && matches!(&import.ty, ComponentItem::ComponentInstance(host)
+                    if host.get_export(engine, "read-request").is_some())
+        })
+}
+
 /// What a guest's failure means: a limit hit, a model's refusal, or a trap.
 fn classify(
     plugin: &str,
@@ -665,19 +713,26 @@ async fn run_guest(
     out: Resource<HostResponseOutparam>,
 ) -> Outcome {
     let mut used = None;
-    let result = async {
-        let (instance, served) = match instance {
-            Some(warm) => warm,
-            None => (pre.instantiate_async(&mut store).await?, 0),
-        };
-        let result = instance
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, request, out)
-            .await;
-        used = Some((instance, served + 1));
-        result
-    }
-    .await;
+    let clock = store.data().cpu.clone();
+    let result = {
+        let call = pin!(async {
+            let (instance, served) = match instance {
+                Some(warm) => warm,
+                None => (pre.instantiate_async(&mut store).await?, 0),
+            };
+            let result = instance
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, request, out)
+                .await;
+            used = Some((instance, served + 1));
+            result
+        });
+        crate::limits::Timed {
+            clock: &clock,
+            call,
+        }
+        .await
+    };
     let usage = store.data().total_usage();
     let memory_exceeded = store.data().limiter.memory_exceeded;
     let kept = match used {

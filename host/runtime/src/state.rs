@@ -89,7 +89,7 @@ pub struct PluginState {
     /// Memory/table/instance caps, applied by [`crate::limits::configure_store`].
     pub limiter: Limiter,
     /// Time spent in guest code in this request, checked against the CPU budget.
-    pub cpu: crate::limits::CpuClock,
+    pub cpu: Arc<crate::limits::CpuClock>,
     /// Models granted to this plugin, and its open graphs.
     pub nn: NnState,
     /// The request being served, for `infergate:plugin/host.context`.
@@ -178,7 +178,7 @@ impl PluginState {
         self.request = request;
         self.usage = Usage::default();
         self.llm = Default::default();
-        self.cpu = Default::default();
+        self.cpu.reset();
     }
 
     /// Whether nothing of the request just served outlives it: no generation is still open
