@@ -110,20 +110,22 @@ async fn answer(
         .instrument(tracing::info_span!(target: TRACE, "auth"))
         .await?;
     let target = authorize(&routes.auth, &principal, resolved, &request)?;
-    let admission = admit(
+    let request_id = current_request_id();
+    let mut admission = admit(
         &routes.quotas,
         &principal,
         &target,
+        &request_id,
         request.extensions(),
         request.headers(),
     )
     .instrument(tracing::info_span!(target: TRACE, "admission"))
     .await?;
-    let headers = admission.headers.clone();
+    let headers = std::mem::take(&mut admission.headers);
     let priority = routes
         .quotas
         .priority(&principal.tenant, principal.priority);
-    let response = call(target, principal, priority, admission, request).await;
+    let response = call(target, principal, priority, admission, request_id, request).await;
     Ok((
         response.unwrap_or_else(IntoResponse::into_response),
         headers,
@@ -161,6 +163,7 @@ async fn admit(
     quotas: &Quotas,
     principal: &Principal,
     target: &Target,
+    request_id: &str,
     // Not the request itself: its body is not `Sync`, and this future must be `Send`.
     extensions: &http::Extensions,
     headers: &HeaderMap,
@@ -178,7 +181,7 @@ async fn admit(
             route: &mounted.plugin.manifest.routes[target.route].path.raw,
             key_limits: &principal.limits,
             tenant_limits: &principal.tenant_limits,
-            request_id: &current_request_id(),
+            request_id,
             lease: mounted.plugin.limits.wall_time(),
         })
         .await
@@ -190,6 +193,7 @@ async fn call(
     principal: Principal,
     priority: u32,
     admission: Admission,
+    request_id: String,
     request: Request,
 ) -> Result<Response, ApiError> {
     let Target {
@@ -210,33 +214,7 @@ async fn call(
     )
     .await?;
     if let Some(validator) = &mounted.validators[route_index] {
-        let value: Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
-        })?;
-        // `is_valid` stops at the first failure and allocates nothing: the common case. Only
-        // an invalid body pays for collecting what is wrong with it.
-        let problems: Vec<String> = if validator.is_valid(&value) {
-            Vec::new()
-        } else {
-            validator
-                .iter_errors(&value)
-                .take(5)
-                .map(|e| {
-                    let at = e.instance_path.to_string();
-                    if at.is_empty() {
-                        e.to_string()
-                    } else {
-                        format!("{at}: {e}")
-                    }
-                })
-                .collect()
-        };
-        if !problems.is_empty() {
-            return Err(ApiError::unprocessable(format!(
-                "the request body does not match the schema: {}",
-                problems.join("; ")
-            )));
-        }
+        validate(validator, &body)?;
     }
 
     let mut headers = parts.headers;
@@ -254,7 +232,7 @@ async fn call(
         None => relative_path,
     };
     let context = RequestContext {
-        request_id: current_request_id(),
+        request_id,
         tenant: principal.tenant,
         key_id: Some(principal.key_id),
         scopes: principal.scopes,
@@ -295,28 +273,18 @@ async fn call(
     // Informational (1xx) answers would change what the connection is (101 switches
     // protocols); a plugin answers a request with a final status, 200-599.
     if !(200..=599).contains(&response.status.as_u16()) {
-        return Err(ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "plugin_error",
-            format!(
-                "the plugin answered with status {}; plugins answer with 200-599",
-                response.status.as_u16()
-            ),
-        ));
+        return Err(not_final(response.status));
     }
-    let mut out = Response::builder().status(response.status);
-    if let Some(h) = out.headers_mut() {
-        for (name, value) in &response.headers {
-            if name != header::CONTENT_LENGTH
-                && name != header::TRANSFER_ENCODING
-                && name != header::CONNECTION
-            {
-                h.append(name, value.clone());
-            }
-        }
+    // The plugin's headers, less the framing ones, which are the host's to set.
+    let mut headers = response.headers;
+    for framing in [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONNECTION,
+    ] {
+        headers.remove(framing);
     }
-    let event_stream = response
-        .headers
+    let event_stream = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
@@ -330,23 +298,70 @@ async fn call(
         PluginBody::Full(bytes)
             if response.status.is_client_error() || response.status.is_server_error() =>
         {
-            if let Some(h) = out.headers_mut() {
-                h.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-            }
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             Body::from(normalise_plugin_error(response.status, &bytes))
         }
         PluginBody::Full(bytes) => Body::from(bytes),
     };
-    out.body(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_GATEWAY,
-            "plugin_error",
-            format!("invalid plugin response: {e}"),
-        )
-    })
+    let mut out = Response::new(body);
+    *out.status_mut() = response.status;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// Checks a request body against its route's schema. `is_valid` stops at the first failure
+/// and allocates nothing: the common case; only an invalid body pays for collecting what is
+/// wrong with it ([`schema_problems`], kept out of the request path's code).
+fn validate(validator: &jsonschema::Validator, body: &[u8]) -> Result<(), ApiError> {
+    let value: Value = serde_json::from_slice(body).map_err(not_json)?;
+    if validator.is_valid(&value) {
+        Ok(())
+    } else {
+        Err(schema_problems(validator, &value))
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn not_json(e: serde_json::Error) -> ApiError {
+    ApiError::bad_request(format!("the request body is not valid JSON: {e}"))
+}
+
+#[cold]
+#[inline(never)]
+fn schema_problems(validator: &jsonschema::Validator, value: &Value) -> ApiError {
+    let problems: Vec<String> = validator
+        .iter_errors(value)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path.to_string();
+            if at.is_empty() {
+                e.to_string()
+            } else {
+                format!("{at}: {e}")
+            }
+        })
+        .collect();
+    ApiError::unprocessable(format!(
+        "the request body does not match the schema: {}",
+        problems.join("; ")
+    ))
+}
+
+#[cold]
+#[inline(never)]
+fn not_final(status: StatusCode) -> ApiError {
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        "plugin_error",
+        format!(
+            "the plugin answered with status {}; plugins answer with 200-599",
+            status.as_u16()
+        ),
+    )
 }
 
 /// A server-sent-event stream whose plugin failed mid-way (wall-clock limit, response size,
