@@ -28,7 +28,8 @@ use crate::state::{HostAbort, PluginState};
 pub struct Limits {
     /// Largest linear memory a plugin instance may grow to, in bytes.
     pub memory_bytes: usize,
-    /// Guest CPU time one request may use, in milliseconds (host calls such as inference excluded).
+    /// Guest CPU time one request may use, in milliseconds (waiting, and the host's own work
+    /// such as inference, excluded).
     pub cpu_ms: u64,
     /// Wall-clock time one request may take from instantiation to the last response byte, in ms.
     pub wall_ms: u64,

@@ -146,7 +146,33 @@ type SendResult = wasmtime_wasi_http::Result<(
     Box<dyn Future<Output = Result<(), Error>> + Send>,
 )>;
 
+/// Whether `name` is a header `wasi:http` keeps out of a guest's reach: exactly wasmtime's
+/// `DEFAULT_FORBIDDEN_HEADERS`, compared as text. The default hook builds that list and an
+/// `Arc`'d closure on every call, and it is called for every header of every request.
+fn is_forbidden(name: &http::HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "http2-settings"
+    )
+}
+
 impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
+    fn is_forbidden_header(&mut self, name: &http::HeaderName) -> bool {
+        is_forbidden(name)
+    }
+
+    fn forbidden_header_filter(&mut self) -> wasmtime_wasi_http::ForbiddenHeaderFilter {
+        Arc::new(is_forbidden)
+    }
+
     fn send_request(
         &mut self,
         mut request: http::Request<WasiBody>,
@@ -273,6 +299,25 @@ impl Body for Capped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forbidden_headers_are_wasmtimes() {
+        for name in wasmtime_wasi_http::DEFAULT_FORBIDDEN_HEADERS {
+            assert!(is_forbidden(&name), "{name}");
+        }
+        for name in [
+            "content-type",
+            "authorization",
+            "x-api-key",
+            "hostx",
+            "content-length",
+        ] {
+            assert!(
+                !is_forbidden(&http::HeaderName::from_static(name)),
+                "{name}"
+            );
+        }
+    }
 
     #[test]
     fn grants_are_exact_origins() {
