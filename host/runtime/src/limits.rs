@@ -249,10 +249,17 @@ impl Drop for HostWork {
     }
 }
 
-/// The guest's call, timed on `clock` while it is polled.
+/// Guest code run under `clock`: timed while it is polled. Every place the host runs guest
+/// code (instantiation, the manifest, a request) runs it through this, so the CPU limit
+/// applies to all of them.
+pub fn timed<'a, F: Future>(clock: &'a CpuClock, call: Pin<&'a mut F>) -> Timed<'a, F> {
+    Timed { clock, call }
+}
+
+/// See [`timed`].
 pub struct Timed<'a, F> {
-    pub clock: &'a CpuClock,
-    pub call: Pin<&'a mut F>,
+    clock: &'a CpuClock,
+    call: Pin<&'a mut F>,
 }
 
 impl<F: Future> Future for Timed<'_, F> {

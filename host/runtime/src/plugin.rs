@@ -282,8 +282,9 @@ impl Runtime {
             let state = PluginState::new("(check)".into(), limits, nn.clone(), Arc::default());
             let mut store = Store::new(pre.engine(), state);
             configure_store(&mut store, limits);
+            let clock = store.data().cpu.clone();
             let started = Instant::now();
-            pre.instantiate_async(&mut store)
+            crate::limits::timed(&clock, pin!(pre.instantiate_async(&mut store)))
                 .await
                 .map_err(|e| anyhow::anyhow!("instantiating failed: {e:#}"))?;
             times.push(started.elapsed());
@@ -326,11 +327,7 @@ async fn read_manifest(
             .call_manifest(&mut store)
             .await
     });
-    // The manifest's guest code is under the CPU limit, as a request's is.
-    let call = crate::limits::Timed {
-        clock: &clock,
-        call,
-    };
+    let call = crate::limits::timed(&clock, call);
     let wit = tokio::time::timeout(limits.wall_time(), call)
         .await
         .map_err(|_| {
@@ -727,11 +724,7 @@ async fn run_guest(
             used = Some((instance, served + 1));
             result
         });
-        crate::limits::Timed {
-            clock: &clock,
-            call,
-        }
-        .await
+        crate::limits::timed(&clock, call).await
     };
     let usage = store.data().total_usage();
     let memory_exceeded = store.data().limiter.memory_exceeded;
