@@ -27,7 +27,10 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::p2::types::{HostIncomingRequest, HostResponseOutparam};
 
-use crate::bindings::{Plugin as PluginWorld, PluginPre};
+use crate::bindings::PluginPre;
+use crate::bindings::exports::wasi::http::incoming_handler::{
+    Guest as Handler, GuestIndices as HandlerIndices,
+};
 use crate::engine::{CacheOutcome, Runtime};
 use crate::limits::{Limits, configure_store};
 use crate::manifest::Manifest;
@@ -61,6 +64,9 @@ pub struct Plugin {
     /// Whether the compiled code came from the cache.
     pub cache: CacheOutcome,
     pre: PluginPre<PluginState>,
+    /// Where `wasi:http/incoming-handler.handle` is among the component's exports: a request
+    /// looks up (and type-checks) that one export, not every export of the world.
+    handler: HandlerIndices,
     nn: NnState,
     name: Arc<str>,
     permits: Arc<Semaphore>,
@@ -210,6 +216,9 @@ impl Runtime {
         let (component, cache) =
             tokio::task::spawn_blocking(move || runtime.compile(&wasm)).await??;
         let pre = self.link(&component)?;
+        let handler = HandlerIndices::new(pre.instance_pre()).map_err(|e| {
+            anyhow::anyhow!("the component does not fit the infergate world: {e:#}")
+        })?;
         let reads_request = imports_read_request(&component, self.engine());
 
         for name in &spec.models {
@@ -241,6 +250,7 @@ impl Runtime {
             digest,
             cache,
             pre,
+            handler,
             nn,
             reads_request,
         })
@@ -454,12 +464,28 @@ impl Plugin {
             let keep = tenant.is_some();
             // Boxed: wasmtime's instantiate and call futures are large, and every async fn
             // that awaits this one would otherwise carry them (and copy them when boxed).
-            let guest = Box::pin(run_guest(self.pre.clone(), store, instance, keep, req, out));
+            let guest = Box::pin(run_guest(
+                self.pre.clone(),
+                self.handler.clone(),
+                store,
+                instance,
+                keep,
+                req,
+                out,
+            ));
             return self
                 .call_inline(guest, receiver, limit, started, tenant)
                 .await;
         }
-        let guest = run_guest(self.pre.clone(), store, instance, false, req, out);
+        let guest = run_guest(
+            self.pre.clone(),
+            self.handler.clone(),
+            store,
+            instance,
+            false,
+            req,
+            out,
+        );
         // Boxed: the streaming path's states stay out of every other call's future.
         Box::pin(self.call_streaming(guest, receiver, limit, started, deadline)).await
     }
@@ -703,8 +729,9 @@ impl Drop for AbortOnDrop {
 /// otherwise the store is dropped here, which settles the request's usage.
 async fn run_guest(
     pre: PluginPre<PluginState>,
+    handler: HandlerIndices,
     mut store: Store<PluginState>,
-    instance: Option<(PluginWorld, u32)>,
+    instance: Option<(Handler, u32)>,
     keep: bool,
     request: Resource<HostIncomingRequest>,
     out: Resource<HostResponseOutparam>,
@@ -715,12 +742,12 @@ async fn run_guest(
         let call = pin!(async {
             let (instance, served) = match instance {
                 Some(warm) => warm,
-                None => (pre.instantiate_async(&mut store).await?, 0),
+                None => {
+                    let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+                    (handler.load(&mut store, &instance)?, 0)
+                }
             };
-            let result = instance
-                .wasi_http_incoming_handler()
-                .call_handle(&mut store, request, out)
-                .await;
+            let result = instance.call_handle(&mut store, request, out).await;
             used = Some((instance, served + 1));
             result
         });

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Store;
 
-use crate::bindings::Plugin as PluginWorld;
+use crate::bindings::exports::wasi::http::incoming_handler::Guest as Handler;
 use crate::state::PluginState;
 
 /// The longest an instance waits in the pool for its next request.
@@ -27,7 +27,8 @@ pub const IDLE: Duration = Duration::from_secs(60);
 /// An instance between two requests of one tenant.
 pub(crate) struct Warm {
     pub store: Store<PluginState>,
-    pub instance: PluginWorld,
+    /// Its `wasi:http` handler.
+    pub instance: Handler,
     /// Requests it has served.
     pub served: u32,
 }

@@ -13,26 +13,32 @@ use wasmtime::component::{HasSelf, Linker};
 use crate::bindings::wit_config;
 use crate::state::PluginState;
 
-/// One plugin's values, shared by all its calls.
+/// One plugin's values, shared by all its calls. None (the default, made for every store
+/// before its plugin's are set) allocates nothing.
 #[derive(Clone, Default)]
-pub struct Variables(Arc<BTreeMap<String, String>>);
+pub struct Variables(Option<Arc<BTreeMap<String, String>>>);
 
 impl Variables {
     /// The values of `entries`, by key.
     pub fn new(entries: BTreeMap<String, String>) -> Self {
-        Self(Arc::new(entries))
+        Self((!entries.is_empty()).then(|| Arc::new(entries)))
     }
 
     /// The keys that have a value.
     pub fn keys(&self) -> impl Iterator<Item = &str> {
-        self.0.keys().map(String::as_str)
+        self.entries().keys().map(String::as_str)
+    }
+
+    fn entries(&self) -> &BTreeMap<String, String> {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        self.0.as_deref().unwrap_or(&NONE)
     }
 }
 
 impl fmt::Debug for Variables {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Variables")
-            .field("keys", &self.0.keys().collect::<Vec<_>>())
+            .field("keys", &self.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
@@ -43,13 +49,13 @@ pub fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
 
 impl wit_config::Host for PluginState {
     fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<String>, wit_config::Error>> {
-        Ok(Ok(self.variables.0.get(&key).cloned()))
+        Ok(Ok(self.variables.entries().get(&key).cloned()))
     }
 
     fn get_all(&mut self) -> wasmtime::Result<Result<Vec<(String, String)>, wit_config::Error>> {
         Ok(Ok(self
             .variables
-            .0
+            .entries()
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect()))
