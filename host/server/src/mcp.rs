@@ -18,6 +18,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -46,7 +47,7 @@ const MAX_MESSAGE_BYTES: usize = 4 << 20;
 pub fn routes<S>() -> Router<S>
 where
     S: Clone + Send + Sync + 'static,
-    PluginRoutes: FromRef<S>,
+    Arc<PluginRoutes>: FromRef<S>,
 {
     Router::new().route("/mcp", post(message).get(events))
 }
@@ -135,7 +136,7 @@ fn rpc_error(id: &Value, code: i64, message: impl Into<String>) -> Response {
 }
 
 /// `POST /mcp`: one JSON-RPC message.
-async fn message(State(routes): State<PluginRoutes>, request: Request) -> Response {
+async fn message(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let caller = match routes.auth.authenticate(request.headers()).await {
         Ok(p) => p,
         Err(e) => return e.into_response(),
@@ -217,7 +218,7 @@ async fn message(State(routes): State<PluginRoutes>, request: Request) -> Respon
 /// `tools/call`: the tool's route, called with the caller's credential and `arguments` as
 /// its body.
 async fn call(
-    routes: &PluginRoutes,
+    routes: &Arc<PluginRoutes>,
     caller: &Principal,
     parts: http::request::Parts,
     id: &Value,
@@ -281,10 +282,7 @@ async fn call(
 }
 
 fn copy_credential(from: &HeaderMap, to: &mut HeaderMap) {
-    for name in [
-        header::AUTHORIZATION,
-        http::HeaderName::from_static("x-api-key"),
-    ] {
+    for name in [header::AUTHORIZATION, crate::auth::X_API_KEY] {
         if let Some(v) = from.get(&name) {
             to.insert(name, v.clone());
         }
@@ -292,7 +290,7 @@ fn copy_credential(from: &HeaderMap, to: &mut HeaderMap) {
 }
 
 /// `GET /mcp`: `notifications/tools/list_changed` each time the plugins change.
-async fn events(State(routes): State<PluginRoutes>, headers: HeaderMap) -> Response {
+async fn events(State(routes): State<Arc<PluginRoutes>>, headers: HeaderMap) -> Response {
     if let Err(e) = routes.auth.authenticate(&headers).await {
         return e.into_response();
     }

@@ -107,12 +107,25 @@ impl Router {
             Some((entry, params, _)) => Match::Found {
                 target: entry.target,
                 params,
-                relative_path: format!("/{}", parts[entry.mount_len..].join("/")),
+                relative_path: relative_path(&parts[entry.mount_len..], path.len()),
             },
             None if !allowed.is_empty() => Match::MethodNotAllowed(allowed),
             None => Match::NotFound,
         }
     }
+}
+
+/// `/` and the parts below the mount, `/`-separated (one allocation, no formatting).
+fn relative_path(parts: &[&str], capacity: usize) -> String {
+    if parts.is_empty() {
+        return "/".to_string();
+    }
+    let mut path = String::with_capacity(capacity);
+    for part in parts {
+        path.push('/');
+        path.push_str(part);
+    }
+    path
 }
 
 /// Matches path parts against segments; returns the params and how many literals matched.

@@ -16,11 +16,25 @@ use crate::telemetry::Metrics;
 
 /// Cheap to clone (one reference count): axum clones the state for every handler call.
 #[derive(Clone)]
-pub struct AppState(Arc<Parts>);
+pub struct AppState(Arc<Composed>);
+
+struct Composed {
+    parts: Parts,
+    /// What the plugin path takes, made once: one reference count per request, not three.
+    plugin_routes: Arc<PluginRoutes>,
+}
 
 impl AppState {
     pub fn new(parts: Parts) -> Self {
-        Self(Arc::new(parts))
+        let plugin_routes = Arc::new(PluginRoutes {
+            registry: parts.registry.clone(),
+            auth: parts.auth.clone(),
+            quotas: parts.quotas.clone(),
+        });
+        Self(Arc::new(Composed {
+            parts,
+            plugin_routes,
+        }))
     }
 }
 
@@ -28,7 +42,7 @@ impl std::ops::Deref for AppState {
     type Target = Parts;
 
     fn deref(&self) -> &Parts {
-        &self.0
+        &self.0.parts
     }
 }
 
@@ -69,13 +83,9 @@ part!(
     tenant_plugins: Arc<TenantPluginsConfig>,
 );
 
-impl FromRef<AppState> for PluginRoutes {
+impl FromRef<AppState> for Arc<PluginRoutes> {
     fn from_ref(state: &AppState) -> Self {
-        PluginRoutes {
-            registry: state.registry.clone(),
-            auth: state.auth.clone(),
-            quotas: state.quotas.clone(),
-        }
+        state.0.plugin_routes.clone()
     }
 }
 

@@ -353,9 +353,12 @@ pub(crate) fn b64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The `X-API-Key` header's name, made once (a `&str` name is parsed at every lookup).
+pub const X_API_KEY: http::HeaderName = http::HeaderName::from_static("x-api-key");
+
 /// The credential a request presents in `X-API-Key` or `Authorization: Bearer`.
 pub fn presented_key(headers: &HeaderMap) -> Result<&str, ApiError> {
-    if let Some(value) = headers.get("x-api-key") {
+    if let Some(value) = headers.get(X_API_KEY) {
         return value
             .to_str()
             .map_err(|_| ApiError::unauthorized("the X-API-Key header is not valid text"));

@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use infergate_runtime::{PluginBody, PluginRequest, RequestContext};
 use serde_json::{Value, json};
@@ -45,8 +45,7 @@ struct Target {
     relative_path: String,
 }
 
-/// What a plugin route reaches.
-#[derive(Clone)]
+/// What a plugin route reaches (one `Arc` in the app state).
 pub struct PluginRoutes {
     pub registry: Arc<Registry>,
     pub auth: Arc<Auth>,
@@ -54,7 +53,7 @@ pub struct PluginRoutes {
 }
 
 /// Serves a plugin route.
-pub async fn serve(State(routes): State<PluginRoutes>, request: Request) -> Response {
+pub async fn serve(State(routes): State<Arc<PluginRoutes>>, request: Request) -> Response {
     let Some((resolved, label)) = resolve(&routes.registry, &request) else {
         return ApiError::not_ready().into_response();
     };
@@ -226,7 +225,7 @@ async fn call(
     ] {
         headers.remove(name);
     }
-    headers.remove(HeaderName::from_static("x-api-key"));
+    headers.remove(crate::auth::X_API_KEY);
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{relative_path}?{q}"),
         None => relative_path,

@@ -22,6 +22,10 @@ use http_body_util::BodyExt as _;
 
 use crate::error::{ApiError, REQUEST_ID};
 
+/// The header the id comes in and goes out in, made once (a `&str` name is parsed at every
+/// lookup).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
 /// Gives every request an id (the client's `X-Request-Id` if it is sane), runs `next` within
 /// it, echoes it on the response, and turns any error response that is not JSON into the
 /// standard error shape.
@@ -39,7 +43,7 @@ where
     });
     let id = request
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| {
             !v.is_empty()
@@ -54,7 +58,6 @@ where
         .scope(id, async move { ensure_json_error(next(request).await) })
         .await;
     if let Some(value) = value {
-        const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
         response.headers_mut().insert(X_REQUEST_ID, value);
     }
     if response.status() == StatusCode::PAYLOAD_TOO_LARGE {

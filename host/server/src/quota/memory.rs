@@ -148,7 +148,12 @@ impl MemoryStore {
                             shard.tats.insert(check.key.as_str().into(), tat);
                         }
                     }
-                    Some(None) => *shard.held.entry(check.key.as_str().into()).or_default() += 1,
+                    Some(None) => match shard.held.get_mut(check.key.as_str()) {
+                        Some(held) => *held += 1,
+                        None => {
+                            shard.held.insert(check.key.as_str().into(), 1);
+                        }
+                    },
                     None => {}
                 }
             }
@@ -161,18 +166,23 @@ impl MemoryStore {
         let (mut guards, index) = self.lock(debits.iter().map(|d| d.key.as_str()));
         for (d, &g) in debits.iter().zip(&index) {
             let shard = &mut guards[g];
-            let tat = shard.tats.get(d.key.as_str()).copied().unwrap_or(0.0);
-            if !shard.tats.contains_key(d.key.as_str()) {
+            // A key seen before is updated in place: no key is allocated per request.
+            if let Some(tat) = shard.tats.get_mut(d.key.as_str()) {
+                *tat = gcra::debit(*tat, now, d.cost, d.amount, d.period);
+            } else {
                 shard.make_room(now, self.per_shard);
+                let new_tat = gcra::debit(0.0, now, d.cost, d.amount, d.period);
+                shard.tats.insert(d.key.as_str().into(), new_tat);
             }
-            let new_tat = gcra::debit(tat, now, d.cost, d.amount, d.period);
-            shard.tats.insert(d.key.as_str().into(), new_tat);
         }
         drop(guards);
         if let Some((accounts, used)) = usage {
             let mut totals = self.usage.lock().unwrap_or_else(|p| p.into_inner());
             for account in accounts {
-                totals.entry(account.clone()).or_default().add(&used);
+                match totals.get_mut(account.as_str()) {
+                    Some(total) => total.add(&used),
+                    None => totals.entry(account.clone()).or_default().add(&used),
+                }
             }
         }
     }
