@@ -459,33 +459,24 @@ impl Plugin {
         };
 
         let limit = self.limits.max_response_bytes;
-        if !streaming {
-            // The instance may serve again if the plugin opted in.
-            let keep = tenant.is_some();
-            // Boxed: wasmtime's instantiate and call futures are large, and every async fn
-            // that awaits this one would otherwise carry them (and copy them when boxed).
-            let guest = Box::pin(run_guest(
-                self.pre.clone(),
-                self.handler.clone(),
-                store,
-                instance,
-                keep,
-                req,
-                out,
-            ));
-            return self
-                .call_inline(guest, receiver, limit, started, tenant)
-                .await;
-        }
+        // The instance may serve again if the plugin opted in (a streamed one never does).
+        let keep = !streaming && tenant.is_some();
         let guest = run_guest(
             self.pre.clone(),
             self.handler.clone(),
             store,
             instance,
-            false,
+            keep,
             req,
             out,
         );
+        if !streaming {
+            // Boxed: wasmtime's instantiate and call futures are large, and every async fn
+            // that awaits this one would otherwise carry them (and copy them when boxed).
+            return self
+                .call_inline(Box::pin(guest), receiver, limit, started, tenant)
+                .await;
+        }
         // Boxed: the streaming path's states stay out of every other call's future.
         Box::pin(self.call_streaming(guest, receiver, limit, started, deadline)).await
     }
