@@ -1,5 +1,6 @@
 //! The request pipeline's layers seen from outside: every answer is counted by status, early
-//! refusals included; a global in-flight limit sheds a burst fast with 503 `overloaded`; a quota
+//! refusals included; a global in-flight limit sheds a burst fast with 503 `overloaded`; a request
+//! with no answer within the request timeout gets 504 `request_timeout`; a quota
 //! rule limits a host endpoint (`/oauth/token`) like a plugin route.
 
 use std::time::{Duration, Instant};
@@ -136,6 +137,36 @@ async fn a_burst_beyond_the_in_flight_limit_is_shed_fast() {
     let metrics = scrape(&host).await;
     assert_eq!(count(&metrics, "", "", 503), 3 * LIMIT as u64, "{metrics}");
     println!("burst of {} answered in {:?}", 4 * LIMIT, started.elapsed());
+}
+
+#[tokio::test]
+async fn a_request_without_a_head_in_time_gets_504_and_frees_its_place() {
+    let host = Host::start(&format!(
+        "[server]\nmax_in_flight = 1\nrequest_timeout_ms = 500\n{}",
+        standard_config("")
+    ));
+    let c = client();
+    let sent = Instant::now();
+    let r = c
+        .get(host.url("/hostile/sleep?ms=5000"))
+        .send()
+        .await
+        .unwrap();
+    let took = sent.elapsed();
+    expect_error(r, 504, "request_timeout").await;
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(3000),
+        "{took:?}"
+    );
+    // Its one in-flight place is free again: the next request is served, not shed.
+    let r = c
+        .get(host.url("/hostile/sleep?ms=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = scrape(&host).await;
+    assert_eq!(count(&metrics, "", "", 504), 1, "{metrics}");
 }
 
 #[tokio::test]

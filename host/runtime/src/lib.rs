@@ -21,6 +21,7 @@
 //! - [`outbound`]: outgoing HTTP, denied unless the operator grants destinations.
 //! - [`variables`]: configuration values and secrets the operator gives a plugin
 //!   (`wasi:config/store`).
+//! - [`timeout`]: timeouts for the request path that make their timer only once it waits.
 //! - [`private_dir`]: directories whose contents the host trusts later (the compile cache), made
 //!   and checked private to this user.
 
@@ -36,6 +37,7 @@ pub mod plugin;
 pub mod pool;
 pub mod private_dir;
 pub mod state;
+pub mod timeout;
 pub mod variables;
 
 pub use engine::{Runtime, RuntimeOptions};

@@ -380,7 +380,7 @@ impl Plugin {
         // Boxed, as the guest's run inside it: each async fn that awaits a future holds it in
         // its own state (and copies it when moved), so large futures are boxed where they
         // start instead of growing every caller's (the request path's box was 15 KB).
-        tokio::time::timeout_at(deadline, Box::pin(self.handle_inner(request, deadline)))
+        crate::timeout::timeout_at(deadline, Box::pin(self.handle_inner(request, deadline)))
             .await
             .unwrap_or(Err(InvokeError::WallTimeout(wall)))
     }
