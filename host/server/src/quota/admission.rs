@@ -34,6 +34,7 @@ impl From<ApiError> for Refusal {
 /// [`settle`]: Admission::settle
 pub struct Admission {
     pub(super) store: Arc<Store>,
+    /// Who holds the request's concurrency places in Redis (its request id); empty in memory.
     pub(super) member: String,
     pub(super) leases: Vec<String>,
     pub(super) debits: Vec<(Metered, Debit)>,

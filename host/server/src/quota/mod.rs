@@ -321,7 +321,11 @@ impl Quotas {
         ];
         let mut admission = Admission {
             store: self.store.clone(),
-            member: s.request_id.to_string(),
+            // Only Redis keeps track of who holds a concurrency place.
+            member: match &*self.store {
+                Store::Memory(_) => String::new(),
+                Store::Redis(_) => s.request_id.to_string(),
+            },
             leases: Vec::new(),
             debits: Vec::new(),
             accounts,
