@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Host, client, client_with, expect_error, standard_config};
+use crate::harness::{Host, client, client_with, expect_error, get_ok, standard_config};
 
 async fn scrape(host: &Host) -> String {
     crate::harness::admin()
@@ -159,12 +159,7 @@ async fn a_request_without_a_head_in_time_gets_504_and_frees_its_place() {
         "{took:?}"
     );
     // Its one in-flight place is free again: the next request is served, not shed.
-    let r = c
-        .get(host.url("/hostile/sleep?ms=10"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    get_ok(&c, &host.url("/hostile/sleep?ms=10")).await;
     let metrics = scrape(&host).await;
     assert_eq!(count(&metrics, "", "", 504), 1, "{metrics}");
 }
