@@ -3,9 +3,9 @@
 //! `tokio::time::timeout` makes its timer up front: a clock read and a clone of the runtime's
 //! handle (a reference count that every worker thread writes), then the drop of both. Most
 //! requests on the path never wait on these timeouts (a fresh instance's whole call, a body
-//! already read, a request's head that is ready in one poll), so [`timeout_at`] and [`timeout`] make the timer only when the
-//! future first returns `Pending`. They behave as tokio's otherwise: the future is polled
-//! first, so one that is ready never times out.
+//! already read, a request's head that is ready in one poll), so [`timeout_at`] and
+//! [`timeout`] make the timer only when the future first returns `Pending`. They behave as
+//! tokio's otherwise: the future is polled first, so one that is ready never times out.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,11 +1,12 @@
 //! Overload protection (`[server]`): at most `max_in_flight` requests are served at once, a
-//! streamed answer counting until its last byte (one of known length until its head); one more is shed at once with 503
-//! `overloaded` and `Retry-After` rather than queued behind the others, so the latency of the
-//! requests let in holds. A request whose response head takes longer than
-//! `request_timeout_ms` gets 504 `request_timeout` (counted from the request's first wait, so
-//! one that never waits costs no timer: [`infergate_runtime::timeout`]). `/healthz`, `/readyz` and `/metrics` are
-//! never refused here: probes and scrapes must answer under overload. `[server]` also says how
-//! the host shuts down (`shutdown_grace_ms`, `drain_timeout_ms`: see `lib.rs`'s `run`).
+//! streamed answer counting until its last byte (one of known length until its head); one
+//! more is shed at once with 503 `overloaded` and `Retry-After` rather than queued behind the
+//! others, so the latency of the requests let in holds. A request whose response head takes
+//! longer than `request_timeout_ms` gets 504 `request_timeout` (counted from the request's
+//! first wait, so one that never waits costs no timer: [`infergate_runtime::timeout`]).
+//! `/healthz`, `/readyz` and `/metrics` are never refused here: probes and scrapes must answer
+//! under overload. `[server]` also says how the host shuts down (`shutdown_grace_ms`,
+//! `drain_timeout_ms`: see `lib.rs`'s `run`).
 
 use std::future::Future;
 use std::pin::Pin;
