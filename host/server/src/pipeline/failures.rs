@@ -34,15 +34,12 @@ struct Count {
     failures: AtomicU32,
 }
 
-/// A database key's id, as presented: 12 hex digits ([`split_key`]), held without allocating.
-type KeyId = [u8; 12];
-
 /// The layer's state.
 pub struct Failures {
     /// Most failures in a window; 0: no throttling.
     limit: u32,
     by_ip: Cache<IpAddr, Arc<Count>>,
-    by_key: Cache<KeyId, Arc<Count>>,
+    by_key: Cache<String, Arc<Count>>,
     /// When the last failure was recorded (ms after `epoch`; 0: never): while none was within
     /// a window, requests skip the lookups.
     last_failure_ms: AtomicU64,
@@ -118,7 +115,7 @@ where
     let key_id = presented_key(request.headers())
         .ok()
         .and_then(split_key)
-        .and_then(|(id, _)| KeyId::try_from(id.as_bytes()).ok());
+        .map(|(id, _)| id.to_string());
     let wait = f.recent_failures().then(|| {
         f.over(f.by_ip.get(&ip)).or_else(|| {
             let id = key_id.as_ref()?;

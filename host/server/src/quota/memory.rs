@@ -4,9 +4,6 @@
 //! Memory is bounded: an entry whose TAT has passed is equivalent to no entry and is dropped by
 //! a sweep (on insert into a full shard, and every few seconds); a shard still full after that
 //! gives up its entry nearest to expiry, which costs the least accuracy.
-//!
-//! Usage totals (requests, tokens, compute time per tenant and key) live in the same shards, so
-//! settling a request locks only the shards of its own keys: no lock is shared by every request.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -16,15 +13,14 @@ use std::time::Instant;
 use super::gcra;
 use super::{Check, CheckKind, Debit, UsageTotals};
 
-/// Shards of the maps; a set of them fits one `u64` bitmask ([`MemoryStore::lock`]).
 const SHARDS: usize = 64;
-const _: () = assert!(SHARDS <= u64::BITS as usize);
 
 pub struct MemoryStore {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     per_shard: usize,
     epoch: Instant,
+    usage: Mutex<HashMap<String, UsageTotals>>,
 }
 
 #[derive(Default)]
@@ -33,8 +29,6 @@ struct Shard {
     tats: HashMap<Box<str>, f64>,
     /// Requests in flight per concurrency key.
     held: HashMap<Box<str>, u32>,
-    /// Usage totals per account (`<prefix>:usage:tenant:<id>`, `<prefix>:usage:key:<id>`).
-    usage: HashMap<Box<str>, UsageTotals>,
 }
 
 impl Shard {
@@ -68,6 +62,7 @@ impl MemoryStore {
             hasher: RandomState::new(),
             per_shard: max_entries.div_ceil(SHARDS).max(1),
             epoch: Instant::now(),
+            usage: Mutex::default(),
         }
     }
 
@@ -86,19 +81,18 @@ impl MemoryStore {
         &'a self,
         keys: impl Iterator<Item = &'k str>,
     ) -> (Vec<MutexGuard<'a, Shard>>, Vec<usize>) {
-        let mut index: Vec<usize> = keys.map(|k| self.shard_of(k)).collect();
-        let wanted = index.iter().fold(0u64, |set, &s| set | 1u64 << s);
-        let mut guards = Vec::with_capacity(wanted.count_ones() as usize);
-        let mut left = wanted;
-        while left != 0 {
-            let shard = left.trailing_zeros() as usize;
-            guards.push(self.shards[shard].lock().unwrap_or_else(|p| p.into_inner()));
-            left &= left - 1;
-        }
-        // A key's guard is its shard's rank among the locked ones.
-        for i in &mut index {
-            *i = (wanted & ((1u64 << *i) - 1)).count_ones() as usize;
-        }
+        let wanted: Vec<usize> = keys.map(|k| self.shard_of(k)).collect();
+        let mut order = wanted.clone();
+        order.sort_unstable();
+        order.dedup();
+        let guards = order
+            .iter()
+            .map(|&i| self.shards[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect();
+        let index = wanted
+            .iter()
+            .map(|s| order.binary_search(s).expect("locked"))
+            .collect();
         (guards, index)
     }
 
@@ -167,14 +161,10 @@ impl MemoryStore {
         decisions
     }
 
-    /// Charges `debits` and adds `usage` to its accounts, locking only their shards.
     pub fn debit(&self, debits: &[Debit], usage: Option<(&[String], UsageTotals)>) {
         let now = self.now();
-        let accounts = usage.as_ref().map_or(&[][..], |(accounts, _)| *accounts);
-        let keys = debits.iter().map(|d| d.key.as_str());
-        let (mut guards, index) = self.lock(keys.chain(accounts.iter().map(String::as_str)));
-        let (debit_guards, account_guards) = index.split_at(debits.len());
-        for (d, &g) in debits.iter().zip(debit_guards) {
+        let (mut guards, index) = self.lock(debits.iter().map(|d| d.key.as_str()));
+        for (d, &g) in debits.iter().zip(&index) {
             let shard = &mut guards[g];
             // A key seen before is updated in place: no key is allocated per request.
             if let Some(tat) = shard.tats.get_mut(d.key.as_str()) {
@@ -185,15 +175,13 @@ impl MemoryStore {
                 shard.tats.insert(d.key.as_str().into(), new_tat);
             }
         }
-        if let Some((_, used)) = usage {
-            for (account, &g) in accounts.iter().zip(account_guards) {
-                let totals = &mut guards[g].usage;
+        drop(guards);
+        if let Some((accounts, used)) = usage {
+            let mut totals = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+            for account in accounts {
                 match totals.get_mut(account.as_str()) {
                     Some(total) => total.add(&used),
-                    None => totals
-                        .entry(account.as_str().into())
-                        .or_default()
-                        .add(&used),
+                    None => totals.entry(account.clone()).or_default().add(&used),
                 }
             }
         }
@@ -213,10 +201,8 @@ impl MemoryStore {
     }
 
     pub fn usage(&self, account: &str) -> UsageTotals {
-        let shard = self.shards[self.shard_of(account)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        shard.usage.get(account).copied().unwrap_or_default()
+        let totals = self.usage.lock().unwrap_or_else(|p| p.into_inner());
+        totals.get(account).copied().unwrap_or_default()
     }
 
     /// Drops every entry that no longer limits anything.
@@ -302,49 +288,5 @@ mod tests {
         assert!(!store.check(std::slice::from_ref(&acquire))[0].allowed);
         store.release(&["c".to_string()]);
         assert!(store.check(std::slice::from_ref(&acquire))[0].allowed);
-    }
-
-    /// Usage totals add up per account, whichever shards the accounts fall in, from several
-    /// threads at once, alongside the debits of the same call; sweeps never drop them.
-    #[test]
-    fn usage_totals_add_up_per_account_across_shards_and_threads() {
-        let store = std::sync::Arc::new(MemoryStore::new(1000));
-        let accounts: Vec<String> = (0..40).map(|i| format!("p:usage:key:k{i}")).collect();
-        let used = UsageTotals {
-            requests: 1,
-            tokens_in: 3,
-            tokens_out: 5,
-            compute_seconds: 0.5,
-        };
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (store, accounts) = (store.clone(), accounts.clone());
-                std::thread::spawn(move || {
-                    for _ in 0..250 {
-                        let debit = Debit {
-                            key: "budget".into(),
-                            amount: 1e9,
-                            period: 60.0,
-                            cost: 1.0,
-                        };
-                        store.debit(&[debit], Some((&accounts, used)));
-                    }
-                })
-            })
-            .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        store.sweep();
-        for account in &accounts {
-            let total = store.usage(account);
-            assert_eq!(
-                (total.requests, total.tokens_in, total.tokens_out),
-                (1000, 3000, 5000),
-                "{account}"
-            );
-            assert!((total.compute_seconds - 500.0).abs() < 1e-9);
-        }
-        assert_eq!(store.usage("p:usage:key:nobody"), UsageTotals::default());
     }
 }
