@@ -27,9 +27,6 @@ pub const MAX_MEMORY_BYTES: usize = 1 << 30;
 /// Of each linear memory, how much stays resident between instances (reset with memset).
 const KEEP_RESIDENT_BYTES: usize = 16 << 20;
 
-/// Deallocated instances whose memory is given back to the OS together, in one batch.
-const DECOMMIT_BATCH: usize = 16;
-
 /// Engine-wide settings, validated before anything is compiled.
 #[derive(Clone, Debug)]
 pub struct RuntimeOptions {
@@ -69,10 +66,16 @@ impl Runtime {
             // (found with the PAGEMAP_SCAN ioctl on Linux 6.7+) instead of madvise, which
             // would shoot down TLBs on every core and fault the same pages in again next
             // time. Beyond these sizes, memory is still given back to the OS.
+            //
+            // Decommits are not batched (wasmtime's default batch of one): within these sizes
+            // an instance leaves wasmtime nothing but empty regions to decommit, which a batch of
+            // one skips without a system call, and its slots go back to the pool at once. A batch
+            // of 16 made one `process_madvise` of 16 empty regions every 5 noop requests and
+            // kept the slots out of use until then; it served noop about 2% slower
+            // (bench/RESULTS.md).
             .pagemap_scan(Enabled::Auto)
             .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
-            .table_keep_resident(KEEP_RESIDENT_BYTES / 16)
-            .decommit_batch_size(DECOMMIT_BATCH);
+            .table_keep_resident(KEEP_RESIDENT_BYTES / 16);
 
         let mut config = Config::new();
         config
