@@ -239,10 +239,10 @@ impl Pace {
     /// prefills four prompts at once (four prompts take at most four times one prompt and 8
     /// tokens), plus a second for scraping and scheduling.
     fn step(&self) -> Duration {
-        Duration::from_secs(1) + self.unit * 4
+        self.completions(4)
     }
 
-    /// `n` short completions one after another, plus the same second.
+    /// `n` short completions one after another, plus a second.
     fn completions(&self, n: u32) -> Duration {
         Duration::from_secs(1) + self.unit * n
     }
