@@ -692,6 +692,7 @@ fn ort_options(test: &str) -> Option<BackendOptions> {
         Some(path) => Some(BackendOptions {
             ort_dylib: Some(PathBuf::from(path)),
             ort_intra_threads: None,
+            ort_disabled_optimizers: None,
         }),
         None if std::env::var_os("CI").is_some() => {
             panic!("{test}: ORT_DYLIB_PATH is not set, and CI requires the ONNX Runtime tests")
@@ -768,6 +769,7 @@ fn onnxruntime_load_errors_are_clear() {
     let missing = BackendOptions {
         ort_dylib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
         ort_intra_threads: None,
+        ort_disabled_optimizers: None,
     };
     let err = format!(
         "{:#}",
@@ -784,6 +786,7 @@ fn onnxruntime_load_errors_are_clear() {
     let not_a_library = BackendOptions {
         ort_dylib: Some(digits_path()),
         ort_intra_threads: None,
+        ort_disabled_optimizers: None,
     };
     let err = format!(
         "{:#}",

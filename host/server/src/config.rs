@@ -72,6 +72,10 @@ pub struct Config {
 pub struct OrtConfig {
     /// Path to `libonnxruntime.so`; else `ORT_DYLIB_PATH`.
     pub library: Option<PathBuf>,
+    /// Graph optimizers that ONNX Runtime's CPU sessions skip, by ONNX Runtime's names (it
+    /// ignores a name it does not know); `[]` keeps them all. Default:
+    /// `infergate_nn::ORT_CPU_DISABLED_OPTIMIZERS` (`SkipLayerNormFusion`, slower on the CPU).
+    pub disabled_optimizers: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -170,6 +174,13 @@ impl Config {
     /// Checks everything that can be checked without loading anything.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.cors.layer()?;
+        for name in self.onnxruntime.disabled_optimizers.iter().flatten() {
+            anyhow::ensure!(
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+                "onnxruntime.disabled_optimizers: `{name}` is not an optimizer name (letters, \
+                 digits and `_`, e.g. \"SkipLayerNormFusion\")"
+            );
+        }
         let mut names = HashSet::new();
         for (i, m) in self.models.iter().enumerate() {
             let at = format!("models[{i}] (`{}`)", m.name);
@@ -400,6 +411,16 @@ mod tests {
                 .unwrap_err()
         );
         assert!(err.contains("cpu_ms"), "{err}");
+        let err = format!(
+            "{:#}",
+            parse("[onnxruntime]\ndisabled_optimizers = [\"SkipLayerNormFusion;X\"]").unwrap_err()
+        );
+        assert!(
+            err.contains("disabled_optimizers") && err.contains("SkipLayerNormFusion;X"),
+            "{err}"
+        );
+        let c = parse("[onnxruntime]\ndisabled_optimizers = []").unwrap();
+        assert_eq!(c.onnxruntime.disabled_optimizers, Some(vec![]));
     }
 
     #[test]

@@ -194,6 +194,7 @@ pub async fn start(
     let specs = config.model_specs();
     let backend_options = BackendOptions {
         ort_dylib: config.onnxruntime.library.clone(),
+        ort_disabled_optimizers: config.onnxruntime.disabled_optimizers.clone(),
         ..Default::default()
     };
     let options = backend_options.clone();

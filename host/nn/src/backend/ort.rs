@@ -5,6 +5,9 @@
 //! load error rather than a panic inside `ort`. `Session::run` needs `&mut Session`, so each
 //! model keeps one session per concurrency slot and computes really run in parallel. A GPU
 //! target registers the CUDA provider with error-on-failure: no silent fallback to the CPU.
+//! CPU sessions skip the graph optimizers of `BackendOptions::ort_disabled_optimizers`, by
+//! default `ORT_CPU_DISABLED_OPTIMIZERS` (a fusion whose CPU kernel is slower than the operators
+//! it replaces).
 
 use std::ffi::{CStr, c_char, c_void};
 use std::path::{Path, PathBuf};
@@ -141,9 +144,10 @@ pub(crate) fn load_file(spec: &ModelSpec, opts: &BackendOptions) -> anyhow::Resu
     } else {
         (cores / spec.concurrency).max(1)
     });
+    let disabled = disabled_optimizers(spec.target, opts);
     let mut sessions = Vec::with_capacity(spec.concurrency);
     for _ in 0..spec.concurrency {
-        let session = builder(spec.target, intra_threads)
+        let session = builder(spec.target, intra_threads, &disabled)
             .and_then(|b| b.commit_from_file(&spec.path))
             .map_err(|e| match spec.target {
                 Target::Gpu => anyhow::anyhow!(
@@ -165,14 +169,28 @@ pub(crate) fn load_file(spec: &ModelSpec, opts: &BackendOptions) -> anyhow::Resu
     })
 }
 
-fn builder(target: Target, intra_threads: usize) -> ort::Result<SessionBuilder> {
-    let builder = Session::builder()?
+/// The graph optimizers `target`'s sessions skip, as ONNX Runtime's config entry wants them
+/// (`;`-separated; empty: none): on the CPU the configured ones or the crate's default
+/// ([`crate::ORT_CPU_DISABLED_OPTIMIZERS`]), on a GPU none.
+fn disabled_optimizers(target: Target, opts: &BackendOptions) -> String {
+    match (target, &opts.ort_disabled_optimizers) {
+        (Target::Gpu, _) => String::new(),
+        (Target::Cpu, Some(names)) => names.join(";"),
+        (Target::Cpu, None) => crate::ORT_CPU_DISABLED_OPTIMIZERS.join(";"),
+    }
+}
+
+fn builder(target: Target, intra_threads: usize, disabled: &str) -> ort::Result<SessionBuilder> {
+    let mut builder = Session::builder()?
         .with_optimization_level(GraphOptimizationLevel::Level3)?
         .with_intra_threads(intra_threads)?
         .with_inter_threads(1)?
         // Failures come back as errors (and are logged by the host); keep ONNX Runtime's own
         // logger from writing a guest's bad input to stderr.
         .with_log_level(ort::logging::LogLevel::Fatal)?;
+    if !disabled.is_empty() {
+        builder = builder.with_disabled_optimizers(disabled)?;
+    }
     match target {
         Target::Cpu => Ok(builder),
         Target::Gpu => builder.with_execution_providers([CUDAExecutionProvider::default()
@@ -398,4 +416,51 @@ fn le_elements<const N: usize, T>(bytes: &[u8], from: fn([u8; N]) -> T) -> Vec<T
         .chunks_exact(N)
         .map(|c| from(c.try_into().expect("chunks_exact gives N bytes")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What CPU sessions skip reaches ONNX Runtime: MiniLM's optimized graph holds no fused
+    /// `SkipLayerNormalization` by default, and holds them when nothing is skipped.
+    #[test]
+    fn cpu_sessions_skip_the_skip_layer_norm_fusion_unless_configured() {
+        let Some(dylib) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "ORT_DYLIB_PATH is not set, and CI requires the ONNX Runtime tests"
+            );
+            eprintln!("skipping: ORT_DYLIB_PATH is not set");
+            return;
+        };
+        let opts = BackendOptions {
+            ort_dylib: Some(dylib.into()),
+            ..Default::default()
+        };
+        runtime(&opts).unwrap();
+        let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/minilm/model.onnx");
+        let fused = |opts: &BackendOptions, name: &str| {
+            let out = std::env::temp_dir().join(format!("{}-{name}.onnx", std::process::id()));
+            builder(Target::Cpu, 1, &disabled_optimizers(Target::Cpu, opts))
+                .and_then(|b| b.with_optimized_model_path(&out))
+                .and_then(|b| b.commit_from_file(&model))
+                .unwrap();
+            let graph = std::fs::read(&out).unwrap();
+            let _ = std::fs::remove_file(&out);
+            let op = b"SkipLayerNormalization";
+            graph.windows(op.len()).filter(|w| w == op).count()
+        };
+        assert_eq!(fused(&opts, "default"), 0);
+        let everything = BackendOptions {
+            ort_disabled_optimizers: Some(Vec::new()),
+            ..opts.clone()
+        };
+        assert!(fused(&everything, "everything") >= 12);
+        assert_eq!(disabled_optimizers(Target::Gpu, &opts), "");
+        assert_eq!(
+            disabled_optimizers(Target::Cpu, &opts),
+            "SkipLayerNormFusion"
+        );
+    }
 }
