@@ -384,6 +384,7 @@ def table(out_dir):
             "noop_call_16": "the same from 16 concurrent tasks (wall time per call)",
             "host_path": "host overhead: the whole request path in process, no-op plugin, fresh instance",
             "host_path_warm": "host overhead, warm instance (`reuse`)",
+            "digits_path_warm": "POST /digits/classify in process, warm instance, model included",
             "auth": "auth: API key from the config",
             "limit": "limit check: one per-key rate, in memory",
         }

@@ -8,7 +8,9 @@
 //!   before its plugin runs. `auth_bench` and `limits_bench` break these down further;
 //! - the host's whole overhead per request: `GET /noop/ping` through the app `infergate serve`
 //!   runs (`infergate::app`: every layer, the route, the API key, the limit, the instance, the
-//!   call, the response), called in process without a socket; with a fresh instance and warm.
+//!   call, the response), called in process without a socket; with a fresh instance and warm;
+//! - the same for the benchmark's digits route, warm, with its JSON body, schema and model (on
+//!   ONNX Runtime where `ORT_DYLIB_PATH` names its library, as in the benchmark, else tract).
 //!
 //! `cargo build --release --workspace --examples && target/release/examples/bench_micro [NOOP.wasm]`
 //! (default: the noop.wasm built by host/server/build.rs)
@@ -159,6 +161,12 @@ async fn main() -> anyhow::Result<()> {
 
     // Auth and limits, as bench/infergate.toml configures them, and the no-op plugin with a
     // fresh instance per request and with warm instances.
+    // The digits model on ONNX Runtime where its library is at hand (as in the benchmark).
+    let backend = if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        "onnxruntime"
+    } else {
+        "tract"
+    };
     let dir = std::env::temp_dir().join(format!("infergate-bench-micro-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let config = Config::parse(
@@ -167,8 +175,16 @@ async fn main() -> anyhow::Result<()> {
              [auth]\ndatabase = \"{dir}/auth.db\"\napi_keys = [{{ id = \"bench\", key = \"{KEY}\", tenant = \"bench\" }}]\n\
              [limits]\nstore = \"memory\"\n[[limits.rules]]\nper = \"key\"\nlimit = \"100000000/minute\"\n\
              [[plugins]]\nname = \"noop\"\npath = \"{path}\"\n\
-             [[plugins]]\nname = \"noop-warm\"\npath = \"{path}\"\nreuse = 1000\n",
-            dir = dir.display()
+             [[plugins]]\nname = \"noop-warm\"\npath = \"{path}\"\nreuse = 1000\n\
+             [[models]]\nname = \"digits\"\npath = \"{model}\"\nbackend = \"{backend}\"\n\
+             concurrency = 2\nbatching = {{ max_rows = 16 }}\n\
+             [[plugins]]\nname = \"digits\"\npath = \"{digits}\"\nmodels = [\"digits\"]\nreuse = 1000\n",
+            dir = dir.display(),
+            model = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../models/digits/digits.onnx"
+            ),
+            digits = concat!(env!("INFERGATE_WASM_DIR"), "/digits.wasm"),
         ),
         &dir,
     )?;
@@ -195,6 +211,24 @@ async fn main() -> anyhow::Result<()> {
         "host_path_warm",
         time(20_000, || get("/noop-warm/ping")).await,
         "the same with `reuse = 1000`: a warm instance",
+    );
+    // bench/infergate.toml's digits route: a JSON body, its schema, the plugin's parse, the
+    // model (one request at a time, so batches of one) and the JSON answer.
+    let body = Bytes::from_static(include_bytes!("../../../bench/requests/digits.json"));
+    print(
+        "digits_path_warm",
+        time(20_000, || async {
+            let request = axum::http::Request::post("/digits/classify")
+                .header("x-api-key", KEY)
+                .header("content-type", "application/json")
+                .body(axum::body::Body::from(body.clone()))
+                .expect("a valid request");
+            let response = app.clone().oneshot(request).await.expect("infallible");
+            assert_eq!(response.status(), 200, "/digits/classify");
+            response.into_body().collect().await.expect("the body");
+        })
+        .await,
+        "POST /digits/classify as bench/run.sh sends it, warm instance, model included",
     );
     let auth = &*auth;
     print(
