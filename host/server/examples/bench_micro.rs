@@ -159,9 +159,9 @@ async fn main() -> anyhow::Result<()> {
         1.0 / runs[2].as_secs_f64()
     );
 
-    // Auth and limits, as bench/infergate.toml configures them, and the no-op plugin with a
-    // fresh instance per request and with warm instances.
-    // The digits model on ONNX Runtime where its library is at hand (as in the benchmark).
+    // Auth and limits, as bench/infergate.toml configures them; the no-op plugin with a fresh
+    // instance per request and with warm instances; the digits plugin, warm, on its model (on
+    // ONNX Runtime where its library is at hand, as in the benchmark).
     let backend = if std::env::var_os("ORT_DYLIB_PATH").is_some() {
         "onnxruntime"
     } else {
