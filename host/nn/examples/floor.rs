@@ -104,7 +104,6 @@ async fn main() -> anyhow::Result<()> {
     ];
     let options = BackendOptions {
         ort_intra_threads: Some(1),
-        ort_disabled_optimizers: None,
         ..Default::default()
     };
     println!("# floor BACKEND MODEL median_us p99_us with_scheduling_median_us");
