@@ -1,11 +1,12 @@
 //! The `wasi:http` side: turning an incoming request into a [`Request`] and [`Ctx`], finding
-//! the route, and writing the [`Response`] back over the output stream.
+//! the route, and sending the [`Response`] back.
 //!
-//! Stream rules followed here: the whole body is read with `blocking-read` until
-//! `stream-error::closed` (or until `content-length` bytes are in); the response is handed to
-//! `response-outparam.set` *before* its body is written (the host reads the body as it
-//! streams); body bytes go out through `blocking-write-and-flush` in chunks of at most 4096
-//! bytes, then `outgoing-body.finish`.
+//! The request is read whole with `infergate:plugin/host.read-request`, and a response in
+//! memory is sent whole with `host.respond`: two host calls in all, where the `wasi:http`
+//! resources take about twenty. A streamed body goes through `wasi:http`, by its stream
+//! rules: the response is handed to `response-outparam.set` *before* its body is written (the
+//! host reads the body as it streams); body bytes go out through `blocking-write-and-flush` in
+//! chunks of at most 4096 bytes, then `outgoing-body.finish`.
 
 use std::io;
 
@@ -13,15 +14,13 @@ use serde::Serialize;
 
 use crate::bindings::infergate::plugin::host;
 use crate::bindings::wasi::http::types::{
-    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, OutputStream, ResponseOutparam,
+    Fields, IncomingRequest, OutgoingBody, OutgoingResponse, OutputStream, ResponseOutparam,
 };
 use crate::bindings::wasi::io::streams::StreamError;
 use crate::{Ctx, Error, Result};
 
 /// The most `blocking-write-and-flush` accepts in one call.
 const WRITE_CHUNK: usize = 4096;
-/// How much one `blocking-read` asks for.
-const READ_CHUNK: u64 = 64 * 1024;
 
 /// A request as raw handlers see it.
 #[derive(Debug, Clone)]
@@ -145,23 +144,34 @@ fn stream_error(err: StreamError) -> io::Error {
 }
 
 /// Serves one request: the body of `wasi:http/incoming-handler.handle` (used by `plugin!`).
+///
+/// The request comes whole from `host.read-request` (one host call, instead of reading the
+/// `wasi:http` resources piece by piece), and a response in memory goes back whole through
+/// `host.respond`; only a streamed body is written through the `response-outparam`.
 #[doc(hidden)]
 pub fn handle(
     def: &crate::__private::PluginDef,
     incoming: IncomingRequest,
     response_out: ResponseOutparam,
 ) {
-    let context = host::context();
+    drop(incoming);
+    let host::Request {
+        context,
+        method,
+        path_with_query,
+        headers,
+        body,
+    } = host::read_request();
     let request_id = context.request_id.clone();
-    let method = method_name(incoming.method());
-    let path_with_query = incoming
-        .path_with_query()
-        .unwrap_or_else(|| "/".to_string());
+    let method = if method.bytes().any(|b| b.is_ascii_lowercase()) {
+        method.to_ascii_uppercase()
+    } else {
+        method
+    };
     let (path, query) = match path_with_query.split_once('?') {
         Some((path, query)) => (path.to_string(), Some(query.to_string())),
         None => (path_with_query, None),
     };
-    let headers = incoming.headers().entries();
     let ctx = Ctx::new(
         context,
         method.clone(),
@@ -169,27 +179,16 @@ pub fn handle(
         query.clone(),
         headers.clone(),
     );
-
-    let length = headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, value)| std::str::from_utf8(value).ok()?.trim().parse().ok());
-    let response = match read_body(&incoming, length) {
-        Ok(body) => {
-            drop(incoming);
-            let request = Request {
-                method,
-                path,
-                query,
-                headers,
-                body,
-            };
-            dispatch(def, &ctx, &request)
-        }
-        Err(err) => Err(err),
+    let request = Request {
+        method,
+        path,
+        query,
+        headers,
+        body,
     };
-    let response = response.unwrap_or_else(|err| error_response(&err, &request_id));
-    send(response, response_out);
+    let response =
+        dispatch(def, &ctx, &request).unwrap_or_else(|err| error_response(&err, &request_id));
+    send(response, response_out, &request_id);
 }
 
 /// Finds the route by (method, template) as the host matched it, falling back to the literal
@@ -213,52 +212,55 @@ fn dispatch(def: &crate::__private::PluginDef, ctx: &Ctx, request: &Request) -> 
     }
 }
 
-/// Reads the whole body; with its `content-length` known, stops once that many bytes are in
-/// instead of asking once more for the end of the stream.
-fn read_body(request: &IncomingRequest, length: Option<usize>) -> Result<Vec<u8>> {
-    let failed = |what: &str| Error::bad_request(format!("cannot read the request body: {what}"));
-    let body = request
-        .consume()
-        .map_err(|()| failed("body already consumed"))?;
-    let stream = body.stream().map_err(|()| failed("no body stream"))?;
-    let mut bytes = Vec::with_capacity(length.unwrap_or(0).min(READ_CHUNK as usize));
-    while length != Some(bytes.len()) {
-        match stream.blocking_read(READ_CHUNK) {
-            Ok(chunk) => bytes.extend_from_slice(&chunk),
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(err)) => {
-                return Err(failed(&err.to_debug_string()))
-            }
-        }
-    }
-    // The stream is a child of the body: drop it first.
-    drop(stream);
-    drop(body);
-    Ok(bytes)
-}
-
 fn error_response(err: &Error, request_id: &str) -> Response {
     Response::bytes(err.status(), "application/json", err.to_json(request_id))
 }
 
-fn send(response: Response, response_out: ResponseOutparam) {
-    let headers = match Fields::from_list(&response.headers) {
+fn send(response: Response, response_out: ResponseOutparam, request_id: &str) {
+    let Response {
+        status,
+        headers,
+        body,
+    } = response;
+    match body {
+        Body::Bytes(bytes) => {
+            if let Err(why) = host::respond(status, &headers, &bytes) {
+                // The status or a header was invalid: nothing was sent, and the error is.
+                let err = Error::internal(format!("invalid response: {why}"));
+                let answer = error_response(&err, request_id);
+                let Body::Bytes(bytes) = answer.body else {
+                    unreachable!("error responses are in memory")
+                };
+                let _ = host::respond(answer.status, &answer.headers, &bytes);
+            }
+            // Answered through `respond`: the outparam is left unused.
+            drop(response_out);
+        }
+        Body::Stream(write) => stream(status, &headers, write, response_out, request_id),
+    }
+}
+
+/// Sends a streamed body through `wasi:http`: the head first (the host reads the body as it
+/// streams), then the body as `write` produces it.
+fn stream(
+    status: u16,
+    headers: &[(String, Vec<u8>)],
+    write: StreamFn,
+    response_out: ResponseOutparam,
+    request_id: &str,
+) {
+    let invalid = |what: String| error_response(&Error::internal(what), request_id);
+    let fields = match Fields::from_list(headers) {
         Ok(fields) => fields,
         Err(err) => {
-            let err = Error::internal(format!("invalid response header: {err:?}"));
-            return send(
-                error_response(&err, &host::context().request_id),
-                response_out,
-            );
+            let answer = invalid(format!("invalid response header: {err:?}"));
+            return send(answer, response_out, request_id);
         }
     };
-    let outgoing = OutgoingResponse::new(headers);
-    if outgoing.set_status_code(response.status).is_err() {
-        let err = Error::internal(format!("invalid response status {}", response.status));
-        return send(
-            error_response(&err, &host::context().request_id),
-            response_out,
-        );
+    let outgoing = OutgoingResponse::new(fields);
+    if outgoing.set_status_code(status).is_err() {
+        let answer = invalid(format!("invalid response status {status}"));
+        return send(answer, response_out, request_id);
     }
     // `body` can only be taken once, so it is taken before the response moves to the host.
     let Ok(body) = outgoing.body() else { return };
@@ -268,28 +270,10 @@ fn send(response: Response, response_out: ResponseOutparam) {
         stream,
         buffer: Vec::with_capacity(WRITE_CHUNK),
     };
-    let written = match response.body {
-        Body::Bytes(bytes) => writer.send(&bytes),
-        Body::Stream(write) => write(&mut writer).and_then(|()| io::Write::flush(&mut writer)),
-    };
+    let written = write(&mut writer).and_then(|()| io::Write::flush(&mut writer));
     drop(writer);
     // Finishing tells the host the body is complete; an unfinished body reads as an error.
     if written.is_ok() {
         let _ = OutgoingBody::finish(body, None);
-    }
-}
-
-fn method_name(method: Method) -> String {
-    match method {
-        Method::Get => "GET".into(),
-        Method::Head => "HEAD".into(),
-        Method::Post => "POST".into(),
-        Method::Put => "PUT".into(),
-        Method::Delete => "DELETE".into(),
-        Method::Connect => "CONNECT".into(),
-        Method::Options => "OPTIONS".into(),
-        Method::Trace => "TRACE".into(),
-        Method::Patch => "PATCH".into(),
-        Method::Other(other) => other.to_ascii_uppercase(),
     }
 }
