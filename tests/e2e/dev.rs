@@ -57,6 +57,8 @@ async fn check_deploy_call(host: &Host, project: &Path, wasm: &str, name: &str) 
     assert_eq!(report["routes"][0]["method"], "POST", "{report}");
     assert_eq!(report["routes"][0]["path"], "/greet", "{report}");
     assert!(report["instantiate_us"].as_f64().unwrap() > 0.0, "{report}");
+    // Every SDK reads the request in one host call, not through the `wasi:http` resources.
+    assert_eq!(report["reads_request_whole"], true, "{report}");
     assert!(
         report["routes"][0]["request_schema"].is_object(),
         "{report}"
@@ -188,5 +190,30 @@ fn check_says_what_is_wrong_with_a_file_that_is_not_a_plugin() {
     assert!(
         stderr.contains("compil") || stderr.contains("invalid"),
         "{stderr}"
+    );
+}
+
+/// A plain `wasi:http` component (no SDK) reads its request through the resources, and
+/// `check` says so.
+#[test]
+fn check_tells_a_plain_wasi_http_plugin_from_one_that_reads_its_request_whole() {
+    let report = |name: &str| -> Value {
+        let out = infergate()
+            .args(["check", &crate::harness::wasm(name), "--json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    assert_eq!(report("noop")["reads_request_whole"], false);
+    assert_eq!(report("digits")["reads_request_whole"], true);
+    let human = infergate()
+        .args(["check", &crate::harness::wasm("noop")])
+        .output()
+        .unwrap();
+    let human = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        human.contains("read through the wasi:http resources"),
+        "{human}"
     );
 }

@@ -74,8 +74,9 @@ pub struct Plugin {
     variables: crate::variables::Variables,
     /// Warm instances, when the plugin opted in.
     pool: Option<Pool>,
-    /// Whether the component imports `host.read-request`: only then does a call keep a copy
-    /// of the request's headers for it (the guest reads them through `wasi:http` otherwise).
+    /// Whether the component imports `host.read-request` (every SDK reads the request whole
+    /// through it): only then does a call keep a copy of the request's headers for it (a plain
+    /// `wasi:http` guest reads them through the request's resources).
     reads_request: bool,
 }
 
@@ -305,6 +306,7 @@ impl Runtime {
             size: wasm.len(),
             compile,
             instantiate: times[times.len() / 2],
+            reads_request: imports_read_request(&component, self.engine()),
         })
     }
 }
@@ -319,6 +321,9 @@ pub struct Inspection {
     pub compile: Duration,
     /// One fresh instance (median): what a request pays before the plugin runs, without `reuse`.
     pub instantiate: Duration,
+    /// Whether it reads each request whole in one host call (`host.read-request`, as the SDKs
+    /// do) rather than piece by piece through the `wasi:http` resources.
+    pub reads_request: bool,
 }
 
 async fn read_manifest(
@@ -645,8 +650,8 @@ impl Plugin {
     }
 }
 
-/// Whether `component` imports the host interface's `read-request` (the Python and JavaScript
-/// SDKs read the request whole through it; Rust plugins read it through `wasi:http`).
+/// Whether `component` imports the host interface's `read-request` (the Rust, Python and
+/// JavaScript SDKs read the request whole through it; a plain `wasi:http` guest does not).
 fn imports_read_request(
     component: &wasmtime::component::Component,
     engine: &wasmtime::Engine,

@@ -58,6 +58,11 @@ pub fn render(path: &Path, i: &Inspection) -> String {
         "  instantiate  {} per fresh instance (median of {RUNS}); `reuse = N` skips it\n",
         human(i.instantiate)
     );
+    out += if i.reads_request {
+        "  request      read whole in one host call (host.read-request)\n"
+    } else {
+        "  request      read through the wasi:http resources (the SDKs read it in one host call)\n"
+    };
     out += "  routes\n";
     for r in &m.routes {
         let mut notes = Vec::new();
@@ -111,6 +116,7 @@ pub fn to_json(path: &Path, i: &Inspection) -> Value {
         "size_bytes": i.size,
         "compile_ms": i.compile.as_secs_f64() * 1e3,
         "instantiate_us": i.instantiate.as_secs_f64() * 1e6,
+        "reads_request_whole": i.reads_request,
         "models": m.models,
         "routes": m.routes.iter().map(|r| json!({
             "method": r.method.as_str(),
