@@ -225,7 +225,9 @@ fn send(response: Response, response_out: ResponseOutparam, request_id: &str) {
     match body {
         Body::Bytes(bytes) => {
             if let Err(why) = host::respond(status, &headers, &bytes) {
-                // The status or a header was invalid: nothing was sent, and the error is.
+                // Nothing was sent (an invalid status or header): the error goes instead, once.
+                // Not through `send` again: a handler that answered through `respond` itself
+                // makes every later answer fail with "already answered".
                 let err = Error::internal(format!("invalid response: {why}"));
                 let answer = error_response(&err, request_id);
                 let Body::Bytes(bytes) = answer.body else {
