@@ -109,7 +109,7 @@ impl Scheduler {
     {
         let arrived = Instant::now();
         let estimate = self.counters.estimate_seconds();
-        // Take a slot at once if one is free and nobody waits; else join the queue or be refused.
+        // Take a slot at once if one is free; else join the queue or be refused.
         let ticket = self.admit(model, caller, estimate)?;
         // Spans of target `otel` exist only while traces are exported.
         let wait_span = tracing::info_span!(target: "otel", "queue_wait", model);
@@ -179,10 +179,18 @@ impl Scheduler {
     }
 
     /// A slot now, a place in `caller`'s lane, or `QueueFull` when the queue is at its depth.
+    ///
+    /// A free slot is taken at once: a slot is only ever freed when no caller waits for it (a
+    /// released slot goes to the next waiter first), so taking it jumps no queue. The `waiting`
+    /// gauge must not decide this: it still counts a waiter that was handed a slot and has not
+    /// run yet, and a caller refused a free slot on its account would queue behind a busy one
+    /// while that slot stays free, and so would everyone after it for as long as the queue
+    /// never empties: a model of two slots ran on one for whole runs of `make bench` (embed at
+    /// half its throughput, full batches, bench/RESULTS.md).
     fn admit(&self, model: &str, caller: &Caller, estimate: f64) -> Result<Ticket<'_>, NnError> {
         let mut queue = self.shared.lock();
         let waiting = self.counters.waiting.load(Ordering::Relaxed);
-        if queue.free > 0 && waiting == 0 {
+        if queue.free > 0 {
             queue.free -= 1;
             queue.charge(caller, estimate);
             return Ok(Ticket::Slot(self.shared.slot()));
@@ -339,6 +347,35 @@ mod tests {
             ticks >= 3,
             "the only worker's other task ticked {ticks} times meanwhile"
         );
+    }
+
+    /// The race that left a slot free while callers queued: a waiter handed a slot still
+    /// counts as waiting until its task runs; a slot freed meanwhile must go to the next caller.
+    #[test]
+    fn a_freed_slot_goes_to_the_next_caller_while_a_handed_over_one_is_unclaimed() {
+        let s = Scheduler::new(2, 10, Duration::from_secs(5));
+        let caller = Caller::default();
+        let slot = |t: Ticket<'_>| match t {
+            Ticket::Slot(slot) => slot,
+            Ticket::Wait(..) => panic!("a slot is free, yet the caller was queued"),
+        };
+        let a = slot(s.admit("m", &caller, 1e-3).unwrap());
+        let b = slot(s.admit("m", &caller, 1e-3).unwrap());
+        let Ticket::Wait(mut handed_over, place) = s.admit("m", &caller, 1e-3).unwrap() else {
+            panic!("both slots are held: the third caller waits");
+        };
+        drop(a); // handed to the waiter, whose task has not run yet: it still counts as waiting
+        drop(b); // nobody else waits: this one is free
+        assert_eq!(s.counters.waiting.load(Ordering::Relaxed), 1);
+        let c = slot(s.admit("m", &caller, 1e-3).unwrap());
+        drop(c);
+        // The waiter claims its slot at last; with every slot back, both are free.
+        let claimed = handed_over
+            .try_recv()
+            .expect("the waiter was handed a slot");
+        drop(place);
+        drop(claimed);
+        assert_eq!(s.shared.lock().free, 2);
     }
 
     #[tokio::test]
