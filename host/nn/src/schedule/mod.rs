@@ -189,12 +189,12 @@ impl Scheduler {
     /// half its throughput, full batches, bench/RESULTS.md).
     fn admit(&self, model: &str, caller: &Caller, estimate: f64) -> Result<Ticket<'_>, NnError> {
         let mut queue = self.shared.lock();
-        let waiting = self.counters.waiting.load(Ordering::Relaxed);
         if queue.free > 0 {
             queue.free -= 1;
             queue.charge(caller, estimate);
             return Ok(Ticket::Slot(self.shared.slot()));
         }
+        let waiting = self.counters.waiting.load(Ordering::Relaxed);
         if waiting >= self.queue_depth {
             self.counters.rejected.fetch_add(1, Ordering::Relaxed);
             return Err(NnError::QueueFull {
